@@ -1,0 +1,72 @@
+"""Per-layer key/value caches.
+
+A cache is preallocated and grown in steps, written by slice assignment, and
+read as a view; nothing is concatenated per token. The cache also owns the
+attention mask, because only it knows how many positions precede the new ones.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mistralrs.backends.ops import Ops, Tensor
+
+
+class KVCache:
+    step = 256  # growth granularity in positions
+
+    def __init__(self, ops: Ops, window: int | None = None):
+        self.ops = ops
+        self.window = window  # sliding-window layers only attend to the last `window` positions
+        self.keys: Tensor | None = None
+        self.values: Tensor | None = None
+        self.offset = 0  # positions stored so far
+
+    def _grow(self, k: Tensor, v: Tensor, needed: int) -> None:
+        batch, heads, _, k_dim = k.shape
+        v_dim = v.shape[-1]
+        capacity = 0 if self.keys is None else self.keys.shape[2]
+        new_capacity = max(needed, 2 * capacity)
+        new_capacity = (new_capacity + self.step - 1) // self.step * self.step
+        dtype = self.ops.dtype_name(k)
+        keys = self.ops.zeros((batch, heads, new_capacity, k_dim), dtype)
+        values = self.ops.zeros((batch, heads, new_capacity, v_dim), dtype)
+        if self.keys is not None and self.offset:
+            keys[:, :, : self.offset, :] = self.keys[:, :, : self.offset, :]
+            values[:, :, : self.offset, :] = self.values[:, :, : self.offset, :]
+        self.keys, self.values = keys, values
+
+    def update_and_fetch(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Any]:
+        """Store the new positions; return (keys, values, mask) to attend over."""
+        length = k.shape[2]
+        start, end = self.offset, self.offset + length
+        if self.keys is None or end > self.keys.shape[2]:
+            self._grow(k, v, end)
+        self.keys[:, :, start:end, :] = k
+        self.values[:, :, start:end, :] = v
+        self.offset = end
+        first = 0
+        if self.window is not None and length == 1 and end > self.window:
+            # Decode on a sliding-window layer: the window is just the last keys.
+            first = end - self.window
+        keys = self.keys[:, :, first:end, :]
+        values = self.values[:, :, first:end, :]
+        return keys, values, self._mask(length, end - first)
+
+    def _mask(self, length: int, total: int):
+        if length == 1:
+            return None
+        if self.window is not None and total > self.window:
+            return self.ops.causal_mask(length, total, self.window)
+        return "causal"
+
+    def trim(self, n: int) -> None:
+        """Forget the last n positions (they will be overwritten)."""
+        self.offset = max(0, self.offset - n)
+
+    @property
+    def nbytes(self) -> int:
+        if self.keys is None:
+            return 0
+        per = 2 if self.ops.dtype_name(self.keys) in ("bfloat16", "float16") else 4
+        return 2 * per * int(self.keys.shape[0] * self.keys.shape[1] * self.keys.shape[2] * self.keys.shape[3])

@@ -1,0 +1,105 @@
+"""The pre-norm decoder shared by the Llama family (Llama, Mistral, Qwen2, Qwen3, Phi-3).
+
+    h = x + attn(input_layernorm(x));  out = h + mlp(post_attention_layernorm(h))
+
+Gemma 3 adds two norms and scaled embeddings; it subclasses the layer and body.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mistralrs.backends.ops import Ops, Tensor
+from mistralrs.models.base import Embedding, Linear, Missing, Module, RMSNorm
+from mistralrs.models.cache import KVCache
+from mistralrs.models.layers import Attention, AttentionSpec, GatedMLP
+
+
+@dataclass
+class DecoderSpec:
+    """Everything a decoder needs besides per-layer attention specs."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    rms_norm_eps: float
+    activation: str
+    attention: list[AttentionSpec]  # one per layer (windows and rope can differ by layer)
+    tie_word_embeddings: bool
+    fused_mlp_checkpoint: bool = False
+    mlp_bias: bool = False
+    norm_offset: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+class DecoderLayer(Module):
+    def __init__(self, ops: Ops, spec: DecoderSpec, attention: AttentionSpec):
+        super().__init__(ops)
+        h = spec.hidden_size
+        self.input_layernorm = RMSNorm(ops, h, spec.rms_norm_eps, spec.norm_offset)
+        self.self_attn = Attention(ops, attention)
+        self.post_attention_layernorm = RMSNorm(ops, h, spec.rms_norm_eps, spec.norm_offset)
+        self.mlp = GatedMLP(
+            ops, h, spec.intermediate_size, spec.activation, spec.fused_mlp_checkpoint, spec.mlp_bias
+        )
+
+    def __call__(self, x: Tensor, cache: KVCache) -> Tensor:
+        h = x + self.self_attn(self.input_layernorm(x), cache)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class DecoderBody(Module):
+    layer_class = DecoderLayer
+
+    def __init__(self, ops: Ops, spec: DecoderSpec):
+        super().__init__(ops)
+        self.embed_tokens = Embedding(ops, spec.vocab_size, spec.hidden_size)
+        self.layers = [self.layer_class(ops, spec, spec.attention[i]) for i in range(spec.num_layers)]
+        self.norm = RMSNorm(ops, spec.hidden_size, spec.rms_norm_eps, spec.norm_offset)
+
+    def embed(self, ids: Tensor) -> Tensor:
+        return self.embed_tokens(ids)
+
+    def __call__(self, ids: Tensor, caches: list[KVCache]) -> Tensor:
+        x = self.embed(ids)
+        for layer, cache in zip(self.layers, caches, strict=True):
+            x = layer(x, cache)
+        return self.norm(x)
+
+
+class CausalLM(Module):
+    """Body plus output head. `model(ids, caches)` returns logits (B, L or 1, vocab)."""
+
+    body_class = DecoderBody
+
+    def __init__(self, ops: Ops, spec: DecoderSpec):
+        super().__init__(ops)
+        self.spec = spec
+        self.model = self.body_class(ops, spec)
+        self.lm_head = Linear(ops, spec.hidden_size, spec.vocab_size)
+        if spec.tie_word_embeddings:
+            # Tied checkpoints usually omit lm_head.weight; some include a copy anyway.
+            self.lm_head.weight = Missing((spec.vocab_size, spec.hidden_size), optional=True)
+
+    def sanitize(self, weights: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Drop checkpoint entries that are not weights of this model (rotary caches)."""
+        return {k: v for k, v in weights.items() if "rotary_emb.inv_freq" not in k}
+
+    def finalize(self) -> None:
+        if isinstance(self.lm_head.weight, Missing):
+            self.lm_head.weight = self.model.embed_tokens.weight
+        super().finalize()
+
+    def make_caches(self) -> list[KVCache]:
+        return [KVCache(self.ops, window=a.window) for a in self.spec.attention]
+
+    def head(self, hidden: Tensor) -> Tensor:
+        return self.lm_head(hidden)
+
+    def __call__(self, ids: Tensor, caches: list[KVCache], last_only: bool = False) -> Tensor:
+        hidden = self.model(ids, caches)
+        if last_only:
+            # Prefill needs only the last position's logits: skip the vocab matmul elsewhere.
+            hidden = hidden[:, -1:, :]
+        return self.head(hidden)

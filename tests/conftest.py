@@ -1,0 +1,54 @@
+"""Shared fixtures: which backends to test, and tiny models built once per session."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from model_fixtures import build_model, write_tokenizer  # noqa: E402
+
+
+def selected_backends() -> list[str]:
+    """MISTRALRS_TEST_BACKEND=torch|mlx|all (tox sets it per environment); default: all installed.
+
+    A backend that is asked for explicitly must be importable: a missing MLX fails the
+    run instead of silently skipping the MLX half of the suite.
+    """
+    wanted = os.environ.get("MISTRALRS_TEST_BACKEND", "all")
+    if wanted == "all":
+        return [b for b in ("torch", "mlx") if importlib.util.find_spec(b) is not None]
+    for name in wanted.split(","):
+        if importlib.util.find_spec(name) is None:
+            raise RuntimeError(f"MISTRALRS_TEST_BACKEND asks for {name}, which is not installed")
+    return wanted.split(",")
+
+
+@pytest.fixture(params=selected_backends())
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory) -> str:
+    folder = str(tmp_path_factory.mktemp("tokenizer"))
+    write_tokenizer(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer_dir):
+    """A factory: tiny_model_dir("qwen3") -> folder, built once per architecture."""
+    built: dict[str, str] = {}
+
+    def make(arch: str) -> str:
+        if arch not in built:
+            folder = str(tmp_path_factory.mktemp(arch))
+            built[arch] = build_model(arch, folder, tokenizer_from=tiny_tokenizer_dir)
+        return built[arch]
+
+    return make
