@@ -117,6 +117,10 @@ class Ops(ABC):
         q: (B, Hq, L, D); k, v: (B, Hkv, S, D) with Hq a multiple of Hkv.
         """
 
+    def kv_cache_dtype(self, compute_dtype: str) -> str:
+        """The dtype the KV cache stores (attention then runs in it; q is cast to match)."""
+        return compute_dtype
+
     @abstractmethod
     def causal_mask(self, length: int, total: int, window: int | None) -> Tensor:
         """Boolean (L, S) mask: query i (at position S-L+i) sees key j when

@@ -32,6 +32,8 @@ class TorchOps(Ops):
         use_cuda = torch.cuda.is_available() and not cpu
         self.torch_device = torch.device("cuda", 0) if use_cuda else torch.device("cpu")
         self.device = str(self.torch_device)
+        self._rope_key = None
+        self._rope_value = None
         # Inference only: autograd bookkeeping costs per-op time on the decode path.
         torch.set_grad_enabled(False)
 
@@ -95,31 +97,17 @@ class TorchOps(Ops):
 
     # ---- layers ------------------------------------------------------------
     def linear(self, x, weight, bias=None):
-        if x.dtype != torch.float32 and x.device.type == "cpu" and x.numel() == x.shape[-1]:
-            # One row (batch-1 decode): on CPU, bf16/f16 `mv` is about twice as fast
-            # as `linear`, which routes a single row through a GEMM kernel.
-            y = torch.mv(weight, x.reshape(-1)).reshape(*x.shape[:-1], weight.shape[0])
-            return y if bias is None else y + bias
         return F.linear(x, weight, bias)
 
     def embedding(self, ids, table):
         return F.embedding(ids, table)
 
     def rms_norm(self, x, weight, eps):
-        if x.dtype == torch.float32:
-            return F.rms_norm(x, (x.shape[-1],), weight, eps)
-        # Reduce in float32 for accuracy, as the reference implementations do.
-        y = F.rms_norm(x.float(), (x.shape[-1],), None, eps).to(x.dtype)
-        return y * weight
+        # The fused kernel accumulates in float32 whatever the input dtype.
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)
 
     def rope(self, x, offset, inv_freq, scale=1.0):
-        length = x.shape[-2]
-        positions = torch.arange(offset, offset + length, device=x.device, dtype=torch.float32)
-        freqs = torch.outer(positions, inv_freq)
-        cos = torch.cos(freqs) * scale
-        sin = torch.sin(freqs) * scale
-        cos = torch.cat((cos, cos), dim=-1).to(x.dtype)
-        sin = torch.cat((sin, sin), dim=-1).to(x.dtype)
+        cos, sin = self._rope_table(offset, x.shape[-2], inv_freq, scale, x.dtype)
         rot = cos.shape[-1]
         xr, rest = (x, None) if rot == x.shape[-1] else (x[..., :rot], x[..., rot:])
         half = rot // 2
@@ -127,7 +115,29 @@ class TorchOps(Ops):
         out = xr * cos + rotated * sin
         return out if rest is None else torch.cat((out, rest), dim=-1)
 
+    def _rope_table(self, offset, length, inv_freq, scale, dtype):
+        """cos/sin for positions offset..offset+length-1, reused across the layers of one step.
+
+        Every layer of a forward pass rotates q and k at the same positions, so the
+        table is computed once per step instead of twice per layer.
+        """
+        key = (id(inv_freq), offset, length, scale, dtype)
+        if self._rope_key != key:
+            positions = torch.arange(offset, offset + length, device=inv_freq.device, dtype=torch.float32)
+            freqs = torch.outer(positions, inv_freq)
+            cos = torch.cat((freqs.cos(), freqs.cos()), dim=-1) * scale
+            sin = torch.cat((freqs.sin(), freqs.sin()), dim=-1) * scale
+            self._rope_key, self._rope_value = key, (cos.to(dtype), sin.to(dtype))
+        return self._rope_value
+
+    def kv_cache_dtype(self, compute_dtype):
+        # On CPU, attention over a bf16/f16 cache is several times slower than in
+        # float32 (measured with SDPA at decode), so the cache is kept in float32.
+        return "float32" if self.torch_device.type == "cpu" else compute_dtype
+
     def attention(self, q, k, v, scale, mask):
+        if q.dtype != k.dtype:
+            return self.attention(q.to(k.dtype), k, v, scale, mask).to(q.dtype)
         gqa = q.shape[1] != k.shape[1]
         if isinstance(mask, str):
             # SDPA's is_causal aligns the mask top-left, so it is right only when

@@ -28,7 +28,7 @@ class KVCache:
         capacity = 0 if self.keys is None else self.keys.shape[2]
         new_capacity = max(needed, 2 * capacity)
         new_capacity = (new_capacity + self.step - 1) // self.step * self.step
-        dtype = self.ops.dtype_name(k)
+        dtype = self.ops.kv_cache_dtype(self.ops.dtype_name(k))
         keys = self.ops.zeros((batch, heads, new_capacity, k_dim), dtype)
         values = self.ops.zeros((batch, heads, new_capacity, v_dim), dtype)
         if self.keys is not None and self.offset:
