@@ -79,7 +79,13 @@ def load(
     if prefill_chunk < 1:
         raise UserError("prefill_chunk must be at least 1.", param="prefill_chunk")
     ops = get_ops(backend, cpu=cpu)
-    if ops.name == "torch" and ops.device == "cpu" or threads is not None:
+    if threads is not None and (threads < 1 or ops.name != "torch"):
+        raise UserError(
+            "--threads takes a positive number and applies to the torch backend on the CPU; "
+            "MLX chooses its own threads." if ops.name != "torch" else "--threads must be at least 1.",
+            param="threads",
+        )
+    if ops.name == "torch" and ops.device == "cpu":
         ops.set_threads(threads)
     source = resolve_source(model_id, quantized_files=quantized_file, fmt=format, hf_cache=hf_cache,
                             token=token, revision=revision)
