@@ -20,7 +20,9 @@ import pytest
 from mistralrs.cli.chat_output import DIM
 from model_fixtures import CHATML, CHATML_THINKING
 
-PROMPT = "> "
+# The prompt at the start of a line: help text contains "> " too (e.g. "<0..2> "), and a
+# test that waited on that would type into the wrong prompt.
+PROMPT = "\r\n> "
 SPEED = r"\[\d+ tokens, [\d.]+ tok/s, TTFT \d+ ms(, stopped)?\]"
 # A DeepSeek-R1-style template: with enable_thinking it opens the thinking block in the prompt.
 OPENS_THINKING = CHATML.replace(
