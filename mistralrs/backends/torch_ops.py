@@ -23,6 +23,7 @@ _DTYPES = {
     "bool": torch.bool,
 }
 _NAMES = {v: k for k, v in _DTYPES.items()}
+_PACKABLE = (torch.float32, torch.bfloat16)
 
 
 class TorchOps(Ops):
@@ -85,6 +86,11 @@ class TorchOps(Ops):
                 out[key] = t.to(self.torch_device)
         return out
 
+    def prepare_linear(self, weight):
+        if self.torch_device.type == "cpu" and _HAS_MKLDNN_LINEAR and weight.dtype in _PACKABLE:
+            return _PackedCpuWeight(weight)
+        return weight
+
     # ---- shape -------------------------------------------------------------
     def transpose(self, x, axes):
         return x.permute(*axes)
@@ -97,6 +103,8 @@ class TorchOps(Ops):
 
     # ---- layers ------------------------------------------------------------
     def linear(self, x, weight, bias=None):
+        if isinstance(weight, _PackedCpuWeight):
+            return weight(x, bias)
         return F.linear(x, weight, bias)
 
     def embedding(self, ids, table):
@@ -223,6 +231,33 @@ class TorchOps(Ops):
         if self.torch_device.type == "cuda":
             return int(torch.cuda.memory_allocated(self.torch_device))
         return None
+
+
+_HAS_MKLDNN_LINEAR = (
+    torch.backends.mkldnn.is_available()
+    and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+    and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+)
+
+
+class _PackedCpuWeight:
+    """A linear weight prepacked once at load time for oneDNN's CPU matmul.
+
+    Decode reads every weight once per token, so it runs at the speed its
+    matrix-vector kernel streams memory. Measured on a 2-core x86 VM with weights
+    larger than the caches: `F.linear` streams ~11 GB/s (the BLAS torch ships is
+    slow on this CPU), oneDNN with a prepacked weight ~25 GB/s in float32 and
+    ~20 GB/s in bfloat16; prefill (512 rows) is as fast or faster than `linear`.
+    """
+
+    def __init__(self, weight):
+        self.out_features, self.in_features = weight.shape
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), 1)
+
+    def __call__(self, x, bias):
+        rows = x.reshape(-1, self.in_features)
+        y = torch.ops.mkldnn._linear_pointwise(rows, self.packed, bias, "none", [], "")
+        return y.reshape(*x.shape[:-1], self.out_features)
 
 
 def default_cpu_threads() -> int:

@@ -98,13 +98,11 @@ def load(
     from mistralrs.engine.chat_template import load_chat_template
     from mistralrs.engine.tokenizer import Tokenizer
 
+    # The GGUF carries its own tokenizer; -t, --tok-model-id or an HF folder supply one otherwise.
     tok_folder = source.folder
     if tok_model_id:
         tok_folder = resolve_source(tok_model_id, hf_cache=hf_cache, token=token).folder
-        tok = None
-    if tok is None or tokenizer:
-        if tok is not None and tokenizer:
-            tok_folder = os.path.dirname(os.path.abspath(tokenizer))
+    if tok is None or tokenizer or tok_model_id:
         tok = Tokenizer.from_dir(tok_folder, tokenizer_json=tokenizer)
     template = load_chat_template(tok_folder, tok, chat_template=chat_template, jinja_explicit=jinja_explicit)
     generation_defaults = _generation_defaults(source.folder if not source.is_gguf else None)
@@ -172,8 +170,6 @@ def _resolve_dtype(requested: str, config: dict, ops: Ops) -> str:
 def _load_folder(ops: Ops, source: ModelSource, dtype: str, arch: str | None, status: _Status) -> LoadedModel:
     folder = source.folder
     config = _read_json(os.path.join(folder, "config.json"), required=True)
-    if "text_config" in config and "architectures" not in config.get("text_config", {}):
-        pass  # multimodal configs are handled by the vision models (not yet built)
     key = resolve_architecture(config, arch)
     dtype = _resolve_dtype(dtype, config, ops)
     model = build_model(config, ops, key)
@@ -208,14 +204,9 @@ def _load_gguf(ops: Ops, source: ModelSource, dtype: str, arch: str | None, stat
 
     load_into(model, batches(), model.sanitize, report, len(names))
     model.finalize()
-    import tokenizers
-
-    tok = Tokenizer(
-        tokenizers.Tokenizer.from_str(gguf.tokenizer_json),
-        gguf.tokenizer_config,
-        gguf.generation_config,
-        origin=source.gguf_files[0],
-    )
+    tok = None  # without one in the file, load() asks for -t / --tok-model-id
+    if gguf.has_tokenizer:
+        tok = Tokenizer(gguf.tokenizer, gguf.tokenizer_config, gguf.generation_config, origin=source.gguf_files[0])
     return LoadedModel(model, config, key, dtype), tok
 
 

@@ -51,10 +51,11 @@ class Attention(Module):
         self._rope_tables: dict[int, tuple[Tensor, float]] = {}
 
     def finalize(self) -> None:
-        super().finalize()
+        # Fuse before the children finalize: a finalized Linear may hold a re-laid weight.
         if not self.spec.fused_qkv_checkpoint:
             self.qkv_proj = fuse_linears(self.ops, [self.q_proj, self.k_proj, self.v_proj])
             del self.q_proj, self.k_proj, self.v_proj
+        super().finalize()
         rope = self.spec.rope
         self._short = (self.ops.asarray(rope.inv_freq, "float32"), rope.attention_scale)
         self._long = (
@@ -103,10 +104,10 @@ class GatedMLP(Module):
         self.act = _activation(ops, activation)
 
     def finalize(self) -> None:
-        super().finalize()
         if not self.fused_checkpoint:
             self.gate_up_proj = fuse_linears(self.ops, [self.gate_proj, self.up_proj])
             del self.gate_proj, self.up_proj
+        super().finalize()
 
     def __call__(self, x: Tensor) -> Tensor:
         gate, up = self.ops.split(self.gate_up_proj(x), [self.intermediate, self.intermediate], axis=-1)
