@@ -118,10 +118,19 @@ class MlxOps(Ops):
         return mx.split(x, cuts, axis=axis)
 
     # ---- layers ------------------------------------------------------------
+    def prepare_linear(self, weight):
+        if self.device == "cpu" and weight.dtype == mx.float32 and weight.ndim == 2:
+            # MLX's CPU matmul streams an (in, out) weight ~2.4x faster than the
+            # transposed view of an (out, in) one (measured on a 576x1536 f32 weight);
+            # Metal kernels prefer the checkpoint layout, so only the CPU re-lays it.
+            return _InputMajorWeight(mx.contiguous(weight.T))
+        return weight
+
     def linear(self, x, weight, bias=None):
+        w = weight.transposed if isinstance(weight, _InputMajorWeight) else weight.T
         if bias is None:
-            return x @ weight.T
-        return mx.addmm(bias, x, weight.T)
+            return x @ w
+        return mx.addmm(bias, x, w)
 
     def embedding(self, ids, table):
         return table[ids]
@@ -283,3 +292,12 @@ def _grouped_attention(q, k, v, scale, mask):
         scores = grouped.reshape(batch, kv_heads, group * length, total)
     probs = mx.softmax(scores, axis=-1, precise=True)
     return (probs @ v).reshape(batch, heads, length, dim)
+
+
+class _InputMajorWeight:
+    """A linear weight stored (in_features, out_features), as the CPU matmul prefers."""
+
+    __slots__ = ("transposed",)
+
+    def __init__(self, transposed):
+        self.transposed = transposed
