@@ -64,9 +64,6 @@ UNBUILT_COMMANDS: dict[str, str] = {
     "from-config": "TOML configuration files",
     "quantize": "UQFF generation",
     "tune": "quantization and device-mapping recommendations",
-    "doctor": "system diagnostics",
-    "login": "Hugging Face login",
-    "cache": "Hugging Face cache management",
 }
 
 UNBUILT_MODEL_TYPES: dict[str, str] = {
