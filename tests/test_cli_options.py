@@ -213,7 +213,6 @@ def test_unbuilt_options_exit_2_naming_the_feature(capsys, name):
 # A sample invocation of each command that may still be unbuilt; the test below runs
 # those that unbuilt.py lists, so it follows the table as features land.
 SAMPLE_INVOCATIONS = {
-    "serve": [["serve", "-m", "x"], ["serve", "-m", "x", "--ui"]],
     "from-config": [["from-config", "--file", "config.toml"]],
     "quantize": [["quantize", "-m", "x", "--isq", "q4k,q8_0", "--isq", "q6k", "-o", "out/"]],
     "tune": [["tune", "-m", "x", "--json"]],

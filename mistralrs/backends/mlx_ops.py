@@ -123,7 +123,9 @@ class MlxOps(Ops):
             # MLX's CPU matmul streams an (in, out) weight ~2.4x faster than the
             # transposed view of an (out, in) one (measured on a 576x1536 f32 weight);
             # Metal kernels prefer the checkpoint layout, so only the CPU re-lays it.
-            return _InputMajorWeight(mx.contiguous(weight.T))
+            transposed = mx.contiguous(weight.T)
+            mx.eval(transposed)  # materialise now: the checkpoint's copy can then be freed
+            return _InputMajorWeight(transposed)
         return weight
 
     def linear(self, x, weight, bias=None):

@@ -1,7 +1,12 @@
-"""`mistralrs serve`: the OpenAI-compatible HTTP server (not built yet: exits 2 naming it)."""
+"""`mistralrs serve`: the OpenAI-compatible HTTP server."""
 
 from __future__ import annotations
 
+import logging
+
+import typer
+
+from mistralrs.cli.loading import check_loading_options, load_model
 from mistralrs.cli.options import (
     GLOBAL,
     MODEL_LOADING,
@@ -12,10 +17,28 @@ from mistralrs.cli.options import (
     Options,
     with_options,
 )
-from mistralrs.cli.unbuilt import refuse_unbuilt_command
+from mistralrs.errors import UserError
 
 
 @with_options(SERVER, RUNTIME, *MODEL_LOADING, GLOBAL)
 def serve(model_type: ModelTypeArgument = ModelType.auto, *, opts: Options) -> None:
     """Start an HTTP server with OpenAI-compatible API endpoints."""
-    refuse_unbuilt_command("serve")
+    check_loading_options(opts, model_type)
+    # Imported here: the server pulls in falcon and waitress, which --help should not wait for.
+    from mistralrs.http.app import create_app
+    from mistralrs.http.server import create_server, serve_forever
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    llm = load_model(opts)
+    app = create_app(llm, opts.model_id, server_seed=opts.get("seed"))
+    # Bind before announcing, so a port in use is an error here and not a line that lies.
+    try:
+        server = create_server(app, opts.host, opts.port)
+    except OSError as exc:
+        raise UserError(f"Cannot listen on {opts.host}:{opts.port} ({exc.strerror or exc}); "
+                        "pick another port with -p/--port or another address with --host.") from None
+    host = "localhost" if opts.host in ("0.0.0.0", "::") else opts.host
+    typer.echo(f"Serving {llm.model_id} ({llm.arch}, {llm.dtype}, {llm.backend}) on "
+               f"http://{host}:{server.effective_port}/v1 (OpenAPI document: /openapi.json). Ctrl-C stops.",
+               err=True)
+    serve_forever(server)

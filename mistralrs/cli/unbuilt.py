@@ -60,7 +60,6 @@ UNBUILT_OPTIONS: dict[str, UnbuiltOption] = {
 }
 
 UNBUILT_COMMANDS: dict[str, str] = {
-    "serve": "the HTTP server",
     "from-config": "TOML configuration files",
     "quantize": "UQFF generation",
     "tune": "quantization and device-mapping recommendations",

@@ -179,7 +179,7 @@ def _load_folder(ops: Ops, source: ModelSource, dtype: str, arch: str | None, st
         status.update(f"Loading weights: {done}/{total} file(s)")
 
     load_into(model, read_safetensors(ops, files, dtype), model.sanitize, report, len(files))
-    model.finalize()
+    _finalize(ops, model)
     return LoadedModel(model, config, key, dtype)
 
 
@@ -203,11 +203,21 @@ def _load_gguf(ops: Ops, source: ModelSource, dtype: str, arch: str | None, stat
         status.update(f"Loading {origin}: {done}/{total} tensors")
 
     load_into(model, batches(), model.sanitize, report, len(names))
-    model.finalize()
+    _finalize(ops, model)
     tok = None  # without one in the file, load() asks for -t / --tok-model-id
     if gguf.has_tokenizer:
         tok = Tokenizer(gguf.tokenizer, gguf.tokenizer_config, gguf.generation_config, origin=source.gguf_files[0])
     return LoadedModel(model, config, key, dtype), tok
+
+
+def _finalize(ops: Ops, model) -> None:
+    """Fuse and re-lay weights, then compute them now rather than at the first token.
+
+    MLX loads lazily, and a lazy array belongs to the thread that made it: evaluating
+    here lets server threads use the model, and puts load time where users expect it.
+    """
+    model.finalize()
+    ops.eval(*(getattr(owner, attr) for _, owner, attr in model.weight_slots()))
 
 
 def _generation_defaults(folder: str | None) -> dict:
