@@ -319,12 +319,16 @@ def _quantize_q45_k(x, nmax, rmin, nstep, qw=None):
     lm = np.minimum(nearest_int(inv_min[:, None] * mins) & 0xFF, 63)
     db, d = _fp16_round(max_scale / F32(63))
     mb, dmin = _fp16_round(max_min / F32(63))
+    return db, mb, _pack_scale_min_k4(ls, lm), _requantize(xs, d, dmin, ls, lm, nmax, L)
+
+
+def _requantize(xs, d, dmin, ls, lm, nmax, L):
+    """Recompute the codes against the rounded 6-bit scales and mins (ggml's second pass)."""
     dl = d[:, None] * ls.astype(F32)
     ml = dmin[:, None] * lm.astype(F32)
     with np.errstate(divide="ignore", invalid="ignore"):
         lq = np.clip(nearest_int((xs + ml[..., None]) / dl[..., None]), 0, nmax)
-    L = np.where(dl[..., None] != 0, lq, L).reshape(-1, QK_K)
-    return db, mb, _pack_scale_min_k4(ls, lm), L
+    return np.where(dl[..., None] != 0, lq, L).reshape(-1, QK_K)
 
 
 def _quantize_q45_k_imatrix(xs, nmax, qw):
@@ -338,12 +342,7 @@ def _quantize_q45_k_imatrix(xs, nmax, qw):
     db, d = _fp16_round(d_block)
     mb, dmin = _fp16_round(m_block)
     ls, lm = np.minimum(ls, 63), np.minimum(lm, 63)
-    dl = d[:, None] * ls.astype(F32)
-    ml = dmin[:, None] * lm.astype(F32)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        lq = np.clip(nearest_int((xs + ml[..., None]) / dl[..., None]), 0, nmax)
-    L = np.where(dl[..., None] != 0, lq, L).reshape(-1, QK_K)
-    return db, mb, _pack_scale_min_k4(ls, lm), L
+    return db, mb, _pack_scale_min_k4(ls, lm), _requantize(xs, d, dmin, ls, lm, nmax, L)
 
 
 def quantize_q4_k(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
