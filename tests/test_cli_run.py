@@ -104,6 +104,7 @@ def test_interactive_chat_and_commands(model, backend, tmp_path):
     say(child, "\\help", "\\system <message>")
     # Ctrl-C at the prompt drops the half-typed line; it is never answered.
     child.send("half a line")
+    child.expect_exact("half a line")  # readline has the line: Ctrl-C now reaches it, not the tty queue
     child.sendcontrol("c")
     child.expect_exact(PROMPT)
     assert not re.search(SPEED, quit_with_exit(child))

@@ -1,13 +1,23 @@
-"""POST /v1/chat/completions: render the conversation with the chat template, generate, answer."""
+"""POST /v1/chat/completions: render the conversation with the chat template, generate, answer.
+
+Tool calling: the request's function tools are rendered into the prompt by the
+model's chat template (HF semantics), and the answer is parsed for calls in the
+Hermes/Qwen `<tool_call>` or the Llama 3 JSON format (mistralrs.engine.tool_calls).
+`tool_choice: "none"` renders no tools and parses nothing; a named choice renders
+only that tool and accepts only calls to it. Output is not constrained: with
+`"required"` or a named function, an answer without a (matching) call comes back
+as plain content with finish_reason "stop".
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
 import falcon
 
 from mistralrs.engine.chat_template import ThinkingStream, prompt_opens_thinking, split_thinking
+from mistralrs.engine.tool_calls import ToolCallStream, parse_tool_calls
 from mistralrs.http.body import bad_request, read_json_object
 from mistralrs.http.choices import PlannedChoice, close_all, plan_choices
 from mistralrs.http.logprobs import chat_logprob_entry, chat_logprobs
@@ -32,6 +42,65 @@ class Thinking:
         return ThinkingStream(self.starts_in_reasoning) if self.split else None
 
 
+def answer_message(text: str, finish_reason: str, thinking: Thinking,
+                   call_names: Collection[str] | None) -> tuple[dict, str]:
+    """The assistant message of a whole answer and its finish_reason (tool calls make it "tool_calls").
+
+    `call_names`: the tool names a call may use; None when the answer is not parsed for calls.
+    """
+    message = {"role": "assistant", "content": text}
+    content, reasoning = text, None
+    if thinking.split:
+        reasoning, content = split_thinking(text, thinking.starts_in_reasoning)
+    calls = []
+    if call_names:
+        content, calls = parse_tool_calls(content, call_names)
+    message["content"] = content if content or not calls else None
+    if reasoning is not None:
+        message["reasoning_content"] = reasoning
+    if calls:
+        message["tool_calls"] = [call.openai() for call in calls]
+    return message, tool_finish_reason(finish_reason, bool(calls))
+
+
+def tool_finish_reason(finish_reason: str | None, called: bool) -> str | None:
+    # An answer cut off by max_tokens stays "length" even when it holds complete calls.
+    return "tool_calls" if called and finish_reason == "stop" else finish_reason
+
+
+class ChoiceDeltas:
+    """Turns one choice's streamed text into OpenAI delta objects: reasoning, content, tool calls."""
+
+    def __init__(self, thinking: Thinking, call_names: Collection[str] | None):
+        self.splitter = thinking.stream()
+        self.tools = ToolCallStream(call_names) if call_names else None
+        self.calls = 0
+
+    def feed(self, text: str, last: bool = False) -> list[dict]:
+        """The deltas that `text` makes certain; `last`: the output ends here, release what is held."""
+        pieces = self.splitter.feed(text) if self.splitter else [("content", text)]
+        if last and self.splitter:
+            pieces += self.splitter.finish()
+        if self.tools:
+            parsed = []
+            for kind, value in pieces:
+                parsed += self.tools.feed(value) if kind == "content" else [(kind, value)]
+            if last:
+                parsed += self.tools.finish()
+            pieces = parsed
+        deltas = []
+        for kind, value in pieces:
+            if kind == "tool_call":
+                deltas.append({"tool_calls": [{"index": self.calls, **value.openai()}]})
+                self.calls += 1
+            elif value:
+                deltas.append({DELTA_FIELDS[kind]: value})
+        return deltas
+
+    def finish_reason(self, finish_reason: str | None) -> str | None:
+        return tool_finish_reason(finish_reason, self.calls > 0)
+
+
 class ChatCompletions:
     def __init__(self, served: ServedModel):
         self.served = served
@@ -45,7 +114,12 @@ class ChatCompletions:
         if reserved:
             raise bad_request(f"`chat_template_kwargs` may not set `{reserved[0]}`; the server sets it.",
                               "chat_template_kwargs")
-        prompt = llm.render_chat(request.messages, enable_thinking=request.enable_thinking,
+        tools = request.prompt_tools
+        if tools and llm.template is not None and "tools" not in llm.template.variables:
+            raise bad_request(f"The chat template of {self.served.model_id} does not render tools, so this "
+                              "model cannot be offered `tools`; pass a template that does with "
+                              "-c/--chat-template, or send `tool_choice: \"none\"`.", "tools")
+        prompt = llm.render_chat(request.messages, tools=tools, enable_thinking=request.enable_thinking,
                                  **request.template_kwargs)
         ids = llm.encode(prompt, add_special_tokens=False)  # the template wrote the special tokens
         thinks = bool(request.enable_thinking) or (llm.template is not None and llm.template.thinks)
@@ -63,14 +137,9 @@ class ChatCompletions:
             for choice in planned:
                 completion = choice.stream.collect()
                 completions.append(completion)
-                message = {"role": "assistant", "content": completion.text}
-                if thinking.split:
-                    reasoning, content = split_thinking(completion.text, thinking.starts_in_reasoning)
-                    message["content"] = content
-                    if reasoning is not None:
-                        message["reasoning_content"] = reasoning
-                choices.append({"index": choice.index, "message": message,
-                                "finish_reason": completion.finish_reason,
+                message, finish_reason = answer_message(completion.text, completion.finish_reason, thinking,
+                                                        request.call_names)
+                choices.append({"index": choice.index, "message": message, "finish_reason": finish_reason,
                                 "logprobs": chat_logprobs(completion.logprobs)})
         finally:
             close_all(planned)
@@ -94,18 +163,15 @@ class ChatCompletions:
         try:
             for choice in planned:
                 yield event(choice.index, {"role": "assistant", "content": ""})
-                splitter = thinking.stream()
+                builder = ChoiceDeltas(thinking, request.call_names)
                 for chunk in choice.stream:
-                    pieces = splitter.feed(chunk.text) if splitter else [("content", chunk.text)]
-                    if chunk.finish_reason and splitter:
-                        pieces += splitter.finish()
-                    deltas = [{DELTA_FIELDS[kind]: text} for kind, text in pieces if text]
+                    deltas = builder.feed(chunk.text, last=bool(chunk.finish_reason))
                     logprobs = {"content": [chat_logprob_entry(chunk.logprob)]} if chunk.logprob else None
                     if logprobs and not deltas:
                         deltas = [{"content": ""}]  # every token's logprob is sent, even mid-character
                     for i, delta in enumerate(deltas):
                         yield event(choice.index, delta, logprobs=logprobs if i == 0 else None)
-                yield event(choice.index, {}, finish_reason=choice.stream.completion.finish_reason)
+                yield event(choice.index, {}, finish_reason=builder.finish_reason(choice.stream.completion.finish_reason))
             if include_usage:
                 usage = usage_body([prompt_length], [c.stream.completion for c in planned])
                 yield sse_event({**header, "choices": [], "usage": usage})

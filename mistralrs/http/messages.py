@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 from mistralrs.http.body import bad_request
 
 # `developer` is OpenAI's newer name for `system`; chat templates only know `system`.
 ROLE_ALIASES = {"developer": "system"}
 ROLES = ("system", "developer", "user", "assistant", "tool")
 # Fields a template may read; anything else in a message is dropped like other unknown fields.
-PASSED_THROUGH = ("name", "tool_calls", "tool_call_id", "reasoning_content", "reasoning")
+PASSED_THROUGH = ("name", "tool_call_id", "reasoning_content", "reasoning")
 
 
 def parse_messages(value) -> list[dict]:
@@ -37,7 +39,40 @@ def _parse_message(message, where: str) -> dict:
     for key in PASSED_THROUGH:
         if message.get(key) is not None:
             parsed[key] = message[key]
+    if message.get("tool_calls") is not None:
+        parsed["tool_calls"] = _tool_calls(message["tool_calls"], f"{where}.tool_calls")
     return parsed
+
+
+def _tool_calls(value, where: str) -> list[dict]:
+    """An assistant turn's tool calls, with JSON-string arguments decoded into objects.
+
+    OpenAI sends `arguments` as a JSON string; templates such as Llama 3's write
+    `arguments | tojson` and expect a mapping (Qwen's accepts either), so a string
+    that holds a JSON object is decoded, as mistral.rs and vLLM do. Any other
+    string is passed through unchanged.
+    """
+    if not isinstance(value, list):
+        raise bad_request(f"`{where}` must be a list of tool calls.", where)
+    calls = []
+    for i, call in enumerate(value):
+        here = f"{where}[{i}]"
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise bad_request(f"`{here}` must be an object with `function: {{name, arguments}}`.", here)
+        arguments = function.get("arguments")
+        if isinstance(arguments, str):
+            try:
+                decoded = json.loads(arguments)
+            except ValueError:
+                decoded = None
+            if isinstance(decoded, dict):
+                arguments = decoded
+        elif arguments is not None and not isinstance(arguments, dict):
+            raise bad_request(f"`{here}.function.arguments` must be a JSON string or an object.",
+                              f"{here}.function.arguments")
+        calls.append({**call, "function": {**function, "arguments": {} if arguments is None else arguments}})
+    return calls
 
 
 def _content_text(content, where: str) -> str:

@@ -37,6 +37,23 @@ SAMPLING_FIELDS = {
     "ignore_eos": {**BOOLEAN, "default": False},
 }
 
+FUNCTION_CALL = {"type": "object", "required": ["name", "arguments"],
+                 "properties": {"name": STRING, "arguments": {**STRING, "description": "A JSON object, as text."}}}
+TOOL_CALL = {"type": "object", "required": ["id", "type", "function"],
+             "properties": {"id": STRING, "type": {"const": "function"}, "function": FUNCTION_CALL}}
+TOOL = {"type": "object", "required": ["type", "function"], "properties": {
+    "type": {"const": "function"},
+    "function": {"type": "object", "required": ["name"], "properties": {
+        "name": {**STRING, "pattern": "^[a-zA-Z0-9_-]{1,64}$"}, "description": STRING,
+        "parameters": {"type": "object", "description": "A JSON Schema for the arguments."}}}}}
+TOOL_CHOICE = {
+    "anyOf": [{"enum": ["none", "auto", "required"]},
+              {"type": "object", "required": ["type", "function"],
+               "properties": {"type": {"const": "function"},
+                              "function": {"type": "object", "required": ["name"], "properties": {"name": STRING}}}}],
+    "description": "Not enforced by constrained decoding: with `required` or a named function, an answer "
+                   "without a matching call is returned as content with finish_reason `stop`.",
+}
 CONTENT_PART = {"type": "object", "required": ["type", "text"],
                 "properties": {"type": {"const": "text"}, "text": STRING}}
 MESSAGE = {
@@ -45,18 +62,24 @@ MESSAGE = {
         "role": {"enum": ["system", "developer", "user", "assistant", "tool"]},
         "content": {"anyOf": [STRING, {"type": "array", "items": CONTENT_PART}, {"type": "null"}]},
         "name": STRING, "tool_call_id": STRING, "reasoning_content": STRING,
+        "tool_calls": {"type": "array", "items": TOOL_CALL},
     },
 }
 USAGE = {"type": "object", "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
          "properties": {"prompt_tokens": INTEGER, "completion_tokens": INTEGER, "total_tokens": INTEGER}}
-FINISH_REASON = _nullable({"enum": ["stop", "length"]})
+FINISH_REASON = _nullable({"enum": ["stop", "length", "tool_calls"]})
 TOP_LOGPROB = {"type": "object", "properties": {"token": STRING, "logprob": NUMBER,
                                                 "bytes": {"type": "array", "items": INTEGER}}}
 CHAT_LOGPROBS = _nullable({"type": "object", "properties": {"content": {"type": "array", "items": {
     "type": "object", "properties": {**TOP_LOGPROB["properties"],
                                      "top_logprobs": {"type": "array", "items": TOP_LOGPROB}}}}}})
 ANSWER_MESSAGE = {"type": "object", "properties": {"role": {"const": "assistant"}, "content": _nullable(STRING),
-                                                    "reasoning_content": STRING}}
+                                                    "reasoning_content": STRING,
+                                                    "tool_calls": {"type": "array", "items": TOOL_CALL}}}
+TOOL_CALL_DELTA = {"type": "object", "required": ["index"],
+                   "properties": {"index": INTEGER, **TOOL_CALL["properties"]}}
+ANSWER_DELTA = {"type": "object", "properties": {**ANSWER_MESSAGE["properties"],
+                                                 "tool_calls": {"type": "array", "items": TOOL_CALL_DELTA}}}
 
 SCHEMAS = {
     "ChatCompletionRequest": {
@@ -69,6 +92,9 @@ SCHEMAS = {
             "top_logprobs": {**INTEGER, "minimum": 0, "maximum": 20},
             "enable_thinking": BOOLEAN,
             "chat_template_kwargs": {"type": "object", "description": "Extra variables for the chat template."},
+            "tools": {"type": "array", "items": TOOL},
+            "tool_choice": TOOL_CHOICE,
+            "parallel_tool_calls": BOOLEAN,
         },
     },
     "CompletionRequest": {
@@ -97,7 +123,7 @@ SCHEMAS = {
         "properties": {
             "id": STRING, "object": {"const": "chat.completion.chunk"}, "created": INTEGER, "model": STRING,
             "choices": {"type": "array", "items": {"type": "object", "properties": {
-                "index": INTEGER, "delta": ANSWER_MESSAGE, "finish_reason": FINISH_REASON,
+                "index": INTEGER, "delta": ANSWER_DELTA, "finish_reason": FINISH_REASON,
                 "logprobs": CHAT_LOGPROBS}}},
             "usage": _nullable(_ref("Usage")),
         },

@@ -7,6 +7,7 @@ Unknown fields are ignored, as the OpenAI API does.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from mistralrs.engine.params import SamplingParams
@@ -15,6 +16,8 @@ from mistralrs.http.messages import parse_messages
 
 MAX_CHOICES = 128  # the OpenAI limit on `n`
 MAX_COMPLETION_LOGPROBS = 20  # SamplingParams allows 20 alternatives (OpenAI: 5)
+TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")  # the OpenAI rule for function names
+TOOL_CHOICES = ("none", "auto", "required")
 
 
 @dataclass
@@ -32,6 +35,26 @@ class ChatRequest:
     stream: StreamOptions
     enable_thinking: bool | None
     template_kwargs: dict = field(default_factory=dict)
+    # The request's function tools as the template receives them (None: no tools), and `tool_choice`:
+    # "none", "auto", "required", or the one function name the model is asked to call.
+    tools: list[dict] | None = None
+    tool_choice: str = "auto"
+    named_tool: str | None = None
+
+    @property
+    def prompt_tools(self) -> list[dict] | None:
+        """The tools to render into the prompt: none for tool_choice "none", the named one for a named choice."""
+        if not self.tools or self.tool_choice == "none":
+            return None
+        if self.named_tool is not None:
+            return [tool for tool in self.tools if tool["function"]["name"] == self.named_tool]
+        return self.tools
+
+    @property
+    def call_names(self) -> set[str] | None:
+        """The function names a tool call in the answer may use; None: the answer is not parsed for calls."""
+        tools = self.prompt_tools
+        return {tool["function"]["name"] for tool in tools} if tools else None
 
 
 @dataclass
@@ -54,6 +77,9 @@ def parse_chat_request(data: dict) -> ChatRequest:
         raise bad_request("`top_logprobs` needs `logprobs: true`.", "top_logprobs")
     kwargs = fields.obj("chat_template_kwargs")
     template_kwargs = dict(kwargs.data) if kwargs else {}
+    tools = _tools(fields.raw("tools"))
+    tool_choice, named_tool = _tool_choice(fields.raw("tool_choice"), tools)
+    fields.boolean("parallel_tool_calls")  # type-checked; every call the model writes is returned
     enable_thinking = fields.boolean("enable_thinking") if fields.present("enable_thinking") else None
     if enable_thinking is None and isinstance(template_kwargs.get("enable_thinking"), bool):
         enable_thinking = template_kwargs["enable_thinking"]
@@ -66,7 +92,62 @@ def parse_chat_request(data: dict) -> ChatRequest:
         stream=_stream_options(fields),
         enable_thinking=enable_thinking,
         template_kwargs=template_kwargs,
+        tools=tools,
+        tool_choice=tool_choice,
+        named_tool=named_tool,
     )
+
+
+def _tools(value) -> list[dict] | None:
+    """`tools`: OpenAI function tools, checked; an empty list is no tools."""
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise bad_request("`tools` must be a list of {\"type\": \"function\", \"function\": {...}} objects.",
+                          "tools")
+    names = set()
+    for i, tool in enumerate(value):
+        where = f"tools[{i}]"
+        if not isinstance(tool, dict) or tool.get("type") != "function":
+            raise bad_request(f"`{where}` must be an object with `type: \"function\"`; only function tools "
+                              "are supported.", "tools")
+        function = tool.get("function")
+        if not isinstance(function, dict):
+            raise bad_request(f"`{where}.function` must be an object with a `name`.", "tools")
+        name = function.get("name")
+        if not isinstance(name, str) or not TOOL_NAME.fullmatch(name):
+            raise bad_request(f"`{where}.function.name` must be 1 to 64 letters, digits, `_` or `-`; "
+                              f"got {name!r}.", "tools")
+        if name in names:
+            raise bad_request(f"`{where}.function.name` {name!r} is used by two tools.", "tools")
+        names.add(name)
+        if function.get("description") is not None and not isinstance(function["description"], str):
+            raise bad_request(f"`{where}.function.description` must be a string.", "tools")
+        if function.get("parameters") is not None and not isinstance(function["parameters"], dict):
+            raise bad_request(f"`{where}.function.parameters` must be a JSON Schema object.", "tools")
+    return list(value) or None
+
+
+def _tool_choice(value, tools: list[dict] | None) -> tuple[str, str | None]:
+    """(choice, named function): "auto" by default; a named function must be one of `tools`."""
+    if value is None:
+        return "auto", None
+    if isinstance(value, str):
+        if value not in TOOL_CHOICES:
+            raise bad_request(f"`tool_choice` must be one of {', '.join(TOOL_CHOICES)}, or "
+                              f"{{\"type\": \"function\", \"function\": {{\"name\": ...}}}}; got {value!r}.",
+                              "tool_choice")
+        if value == "required" and not tools:
+            raise bad_request("`tool_choice: \"required\"` needs `tools`.", "tool_choice")
+        return value, None
+    function = value.get("function") if isinstance(value, dict) else None
+    name = function.get("name") if isinstance(function, dict) else None
+    if not isinstance(name, str) or value.get("type") != "function":
+        raise bad_request("`tool_choice` must be a string or {\"type\": \"function\", \"function\": "
+                          "{\"name\": ...}}.", "tool_choice")
+    if not any(tool["function"]["name"] == name for tool in tools or []):
+        raise bad_request(f"`tool_choice` names the function {name!r}, which is not in `tools`.", "tool_choice")
+    return "function", name
 
 
 def parse_completion_request(data: dict) -> CompletionRequest:
@@ -94,9 +175,7 @@ def parse_completion_request(data: dict) -> CompletionRequest:
 
 
 def _refuse_unbuilt(fields: Fields) -> None:
-    # Accepting these and ignoring them would give silently wrong answers (no tool call, no JSON).
-    if fields.present("tools") and fields.raw("tools") != []:
-        raise bad_request("Tool calling (`tools`) is not implemented in this server yet.", "tools")
+    # Accepting these and ignoring them would give silently wrong answers (no JSON, no grammar).
     response_format = fields.obj("response_format")
     if response_format and response_format.raw("type") not in (None, "text"):
         raise bad_request(f"`response_format` type {response_format.raw('type')!r} is not supported yet; "
