@@ -89,22 +89,33 @@ def load(
         ops.set_threads(threads)
     source = resolve_source(model_id, quantized_files=quantized_file, fmt=format, hf_cache=hf_cache,
                             token=token, revision=revision)
-    status = _Status(progress)
-    if source.is_gguf:
-        loaded, tok = _load_gguf(ops, source, DTYPE_NAMES[dtype], arch, status)
-    else:
-        loaded = _load_folder(ops, source, DTYPE_NAMES[dtype], arch, status)
-        tok = None
     from mistralrs.engine.chat_template import load_chat_template
     from mistralrs.engine.tokenizer import Tokenizer
 
-    # The GGUF carries its own tokenizer; -t, --tok-model-id or an HF folder supply one otherwise.
+    # Cheap checks first (config, architecture, tokenizer, template), so bad input fails at
+    # once instead of after the weights. A GGUF carries its own tokenizer unless -t or
+    # --tok-model-id names another.
+    if not source.is_gguf:
+        config = _read_json(os.path.join(source.folder, "config.json"), required=True)
+        arch_key = resolve_architecture(config, arch)
     tok_folder = source.folder
     if tok_model_id:
         tok_folder = resolve_source(tok_model_id, hf_cache=hf_cache, token=token).folder
-    if tok is None or tokenizer or tok_model_id:
+    def template_for(tok):
+        return load_chat_template(tok_folder, tok, chat_template=chat_template, jinja_explicit=jinja_explicit)
+
+    tok = template = None
+    if not source.is_gguf or tokenizer or tok_model_id:
         tok = Tokenizer.from_dir(tok_folder, tokenizer_json=tokenizer)
-    template = load_chat_template(tok_folder, tok, chat_template=chat_template, jinja_explicit=jinja_explicit)
+        template = template_for(tok)
+    status = _Status(progress)
+    if source.is_gguf:
+        loaded, gguf_tok = _load_gguf(ops, source, DTYPE_NAMES[dtype], arch, status)
+        if tok is None:
+            tok = gguf_tok or Tokenizer.from_dir(tok_folder)  # the latter raises a clear error
+            template = template_for(tok)
+    else:
+        loaded = _load_folder(ops, source, config, arch_key, DTYPE_NAMES[dtype], status)
     generation_defaults = _generation_defaults(source.folder if not source.is_gguf else None)
     status.done()
     return LLM(
@@ -167,10 +178,8 @@ def _resolve_dtype(requested: str, config: dict, ops: Ops) -> str:
     return stored
 
 
-def _load_folder(ops: Ops, source: ModelSource, dtype: str, arch: str | None, status: _Status) -> LoadedModel:
+def _load_folder(ops: Ops, source: ModelSource, config: dict, key: str, dtype: str, status: _Status) -> LoadedModel:
     folder = source.folder
-    config = _read_json(os.path.join(folder, "config.json"), required=True)
-    key = resolve_architecture(config, arch)
     dtype = _resolve_dtype(dtype, config, ops)
     model = build_model(config, ops, key)
     files = safetensors_files(folder)
