@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mistralrs.backends.ops import Ops, Tensor
-from mistralrs.models.base import Linear, Missing, Module, RMSNorm, fuse_linears
+from mistralrs.errors import ModelLoadError
+from mistralrs.models.base import Linear, Module, RMSNorm, fuse_linears
 from mistralrs.models.cache import KVCache
 from mistralrs.models.rope import RopeSpec
 
@@ -48,7 +49,6 @@ class Attention(Module):
         if spec.qk_norm_eps is not None:
             self.q_norm = RMSNorm(ops, spec.head_dim, spec.qk_norm_eps, spec.norm_offset)
             self.k_norm = RMSNorm(ops, spec.head_dim, spec.qk_norm_eps, spec.norm_offset)
-        self._rope_tables: dict[int, tuple[Tensor, float]] = {}
 
     def finalize(self) -> None:
         # Fuse before the children finalize: a finalized Linear may hold a re-laid weight.
@@ -125,15 +125,9 @@ ACTIVATIONS = {
 
 
 def _activation(ops: Ops, name: str):
-    from mistralrs.errors import ModelLoadError
-
     if name not in ACTIVATIONS:
         raise ModelLoadError(
             f"config.json names the activation `{name}`, which mistralrs does not implement; "
             f"supported: {', '.join(sorted(ACTIVATIONS))}."
         )
     return getattr(ops, ACTIVATIONS[name])
-
-
-def optional_weight(shape: tuple[int, ...]) -> Missing:
-    return Missing(shape, optional=True)
