@@ -26,7 +26,6 @@ from mistralrs.cli.chat_commands import (
 from mistralrs.cli.chat_output import AnswerView, ChatOutput
 from mistralrs.cli.line_input import LineReader
 from mistralrs.cli.request_log import RequestLog
-from mistralrs.engine.chat_template import prompt_opens_thinking
 from mistralrs.engine.params import Completion, SamplingParams
 from mistralrs.errors import UserError
 
@@ -126,7 +125,6 @@ class ChatSession:
         self.messages.append({"role": "user", "content": text})
         params = dataclasses.replace(self.sampling)
         try:
-            starts_in_reasoning = self._prompt_opens_thinking()
             stream = self.llm.stream_chat(self.messages, params, **self.template_kwargs)
         except UserError as exc:  # a template that refuses the conversation, a prompt too long...
             self.messages.pop()
@@ -134,7 +132,7 @@ class ChatSession:
             return
         self.log.request(model=self.llm.model_id, messages=self.messages, sampling=params,
                          template_kwargs=self.template_kwargs)
-        view = AnswerView(self.output, starts_in_reasoning)
+        view = AnswerView(self.output, stream.opens_thinking)
         with interrupts_as_flag() as interrupted:
             try:
                 for chunk in stream:
@@ -152,11 +150,6 @@ class ChatSession:
                           finish_reason=completion.finish_reason, usage=completion.usage, timing=completion.timing)
         self.output.end_answer()
         self.output.note(speed_line(completion))
-
-    def _prompt_opens_thinking(self) -> bool:
-        if not self.template_kwargs:
-            return False
-        return prompt_opens_thinking(self.llm.render_chat(self.messages, **self.template_kwargs))
 
     def _remember(self, reasoning: str | None, content: str) -> None:
         if not content and not reasoning:

@@ -308,8 +308,14 @@ class LLM:
 
     def stream_chat(self, messages: list[dict], params: SamplingParams | None = None, *, tools=None,
                     enable_thinking: bool | None = None, **template_kwargs) -> CompletionStream:
-        ids = self.encode_chat(messages, tools=tools, enable_thinking=enable_thinking, **template_kwargs)
-        return CompletionStream(self, ids, params or SamplingParams())
+        from mistralrs.engine.chat_template import prompt_opens_thinking
+
+        prompt = self.render_chat(messages, tools=tools, enable_thinking=enable_thinking, **template_kwargs)
+        ids = self.tokenizer.encode(prompt, add_special_tokens=False)
+        stream = CompletionStream(self, ids, params or SamplingParams())
+        # A template may open <think> itself; the answer then starts inside the reasoning.
+        stream.opens_thinking = prompt_opens_thinking(prompt)
+        return stream
 
     def chat(self, messages: list[dict], params: SamplingParams | None = None, **kwargs) -> Completion:
         return self.stream_chat(messages, params, **kwargs).collect()
@@ -344,6 +350,7 @@ class CompletionStream:
         self.params = params
         self.max_tokens = min(params.max_tokens or room, room)
         self.completion: Completion | None = None
+        self.opens_thinking = False  # set by stream_chat: the prompt ends inside <think>
         self._iter = self._run()
 
     def __iter__(self) -> Iterator[Chunk]:

@@ -28,6 +28,7 @@ import jinja2.utils
 import numpy as np
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from mistralrs.engine.stop import held_prefix_length
 from mistralrs.engine.tokenizer import select_chat_template
 from mistralrs.errors import TemplateError
 
@@ -344,13 +345,6 @@ def prompt_opens_thinking(prompt: str) -> bool:
     return opened != -1 and prompt.rfind(THINK_CLOSE) < opened
 
 
-def _held_tag_prefix(text: str, tag: str) -> int:
-    """Length of the longest suffix of `text` that is a proper prefix of `tag` (a tag split across chunks)."""
-    for length in range(min(len(tag) - 1, len(text)), 0, -1):
-        if text.endswith(tag[:length]):
-            return length
-    return 0
-
 
 class ThinkingStream:
     """Splits streamed model output into reasoning and content as text arrives.
@@ -419,7 +413,7 @@ class ThinkingStream:
             self._buffer = self._buffer[close + len(THINK_CLOSE) :]
             self._state = "answer"
             return True
-        held = _held_tag_prefix(self._buffer, THINK_CLOSE)
+        held = held_prefix_length(self._buffer, THINK_CLOSE)
         body, tail = self._buffer[: len(self._buffer) - held], self._buffer[len(self._buffer) - held :]
         ready = body.rstrip()  # trailing whitespace may turn out to precede </think>
         if ready:

@@ -31,11 +31,16 @@ class StopStrings:
         return out
 
     def _partial_suffix(self) -> int:
-        """Length of the longest suffix of `held` that is a proper prefix of some stop string."""
-        best = 0
-        for stop in self.stops:
-            for n in range(min(len(stop) - 1, len(self.held)), best, -1):
-                if self.held.endswith(stop[:n]):
-                    best = n
-                    break
-        return best
+        return max(held_prefix_length(self.held, stop) for stop in self.stops)
+
+
+def held_prefix_length(text: str, tag: str) -> int:
+    """Length of the longest suffix of `text` that is a proper prefix of `tag`.
+
+    A streamed tag (a stop string, `</think>`, `<tool_call>`) can arrive split across
+    chunks; that many trailing characters must be held back until the next chunk.
+    """
+    for length in range(min(len(tag) - 1, len(text)), 0, -1):
+        if text.endswith(tag[:length]):
+            return length
+    return 0

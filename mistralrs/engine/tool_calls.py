@@ -27,6 +27,8 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Literal
 
+from mistralrs.engine.stop import held_prefix_length
+
 TOOL_CALL_OPEN = "<tool_call>"
 TOOL_CALL_CLOSE = "</tool_call>"
 PYTHON_TAG = "<|python_tag|>"
@@ -97,13 +99,6 @@ def _json_calls(text: str, names: Collection[str] | None) -> list[ToolCall] | No
         return None
     return calls
 
-
-def _held_prefix(text: str, tag: str) -> int:
-    """Length of the longest suffix of `text` that is a proper prefix of `tag` (a tag split across chunks)."""
-    for length in range(min(len(tag) - 1, len(text)), 0, -1):
-        if text.endswith(tag[:length]):
-            return length
-    return 0
 
 
 class ToolCallStream:
@@ -194,7 +189,7 @@ class ToolCallStream:
             self._buffer = self._buffer[opened + len(TOOL_CALL_OPEN) :]
             self._state = "call"
             return True
-        held = _held_prefix(self._buffer, TOOL_CALL_OPEN)
+        held = held_prefix_length(self._buffer, TOOL_CALL_OPEN)
         body, tail = self._buffer[: len(self._buffer) - held], self._buffer[len(self._buffer) - held :]
         ready = body.rstrip()  # trailing whitespace may turn out to precede <tool_call>
         if ready:
