@@ -150,6 +150,58 @@ def test_dtype_choice(tmp_path):
     assert np.array_equal(uqff.open_uqff(path).layer("y").weight, bf16_exact(a))
 
 
+def test_stacked_experts_and_streamed_layers(tmp_path):
+    experts = ggml("Q4_K", 3 * 4, 256)  # 3 experts of (4, 256), rows stacked
+    afq_experts = afq.quantize(weights(3 * 8, 64), 4, 32)
+    dense = bf16_exact(weights(6, 32)).reshape(2, 3, 32)
+    bias = bf16_exact(weights(3, 4))
+    stream = iter([("moe.experts.up_proj", experts), ("moe.experts.down_proj", afq_experts),
+                   ("moe.experts.gate_proj", dense)])
+    (path,) = uqff.write_uqff(tmp_path / "x", stream, {"moe.experts.up_proj": bias},
+                              shapes={"moe.experts.up_proj": (3, 4, 256), "moe.experts.down_proj": (3, 8, 64)})
+    header, _ = raw_header(path)
+    assert header["moe.experts.down_proj.weight"]["shape"] == [3, 8, 8]
+    assert header["moe.experts.down_proj.weight.scales"]["shape"] == [3, 8, 2]
+    r = uqff.open_uqff(path)
+    assert r.shape("moe.experts.up_proj") == (3, 4, 256) and r.shape("moe.experts.down_proj") == (3, 8, 64)
+    assert r.shape("moe.experts.gate_proj") == (2, 3, 32)
+    assert_same(r.layer("moe.experts.up_proj").weight, experts)
+    assert_same(r.layer("moe.experts.down_proj").weight, afq_experts)
+    assert np.array_equal(r.layer("moe.experts.gate_proj").weight, dense)
+    assert np.array_equal(r.layer("moe.experts.up_proj").bias, bias)
+    with pytest.raises(UserError, match=r"stacked shape \(2, 4, 256\) does not match"):
+        uqff.write_uqff(tmp_path / "y", {"e": experts}, shapes={"e": (2, 4, 256)})
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    def layers():
+        yield "m.a", ggml("Q8_0", 8, 64)
+        yield "m.b", ggml("Q8_0", 8, 64)
+        yield "m.a", ggml("Q8_0", 8, 64)
+
+    with pytest.raises(UserError, match="Layer m.a is given twice"):
+        uqff.write_uqff(tmp_path / "q", layers(), shard_limit=1)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dense_gguf_entries(tmp_path):
+    a = bf16_exact(weights(4, 8))
+    tensors = {k: v for k, v in zip(uqff.VERSION_KEYS, [("U32", np.array(v, np.uint32).reshape(())) for v in (1, 0, 0)],
+                                    strict=True)}
+    encodings = {"f32": (0, a.view(np.uint8)), "f16": (1, a.astype(np.float16).view(np.uint8)),
+                 "bf16": (30, sio.float32_to_bf16_bits(a).view(np.uint8))}
+    for name, (type_id, data) in encodings.items():
+        tensors[f"{name}.weight"] = ("U8", data.reshape(-1))
+        tensors[f"{name}.weight.dtype"] = ("U32", np.array(type_id, np.uint32).reshape(()))
+        tensors[f"{name}.weight.shape"] = ("U32", np.array([4, 8], np.uint32))
+        tensors[f"{name}.weight.format"] = ("U8", np.array(0, np.uint8).reshape(()))
+    sio.write_file(tmp_path / "dense.uqff", tensors)
+    r = uqff.open_uqff(tmp_path / "dense.uqff")
+    assert r.version == (1, 0, 0) and r.counts() == {"F32": 1, "F16": 1, "BF16": 1}
+    for name in encodings:
+        assert np.array_equal(r.layer(name).weight, a) and r.layer(name).weight.shape == (4, 8)
+
+
 def test_residual_round_trip(tmp_path):
     tensors = {"model.norm.weight": bf16_exact(weights(1, 64)[0]), "model.embed_tokens.weight": weights(16, 8),
                "model.rotary.inv_freq": np.arange(4, dtype=np.float32), "ids": np.arange(3, dtype=np.int64)}
@@ -183,6 +235,26 @@ def test_sharded_set_found_from_shard_zero(tmp_path):
     # writing a smaller set over it removes the stale shards
     uqff.write_uqff(tmp_path / "q8_0-0.uqff", dict(list(layers.items())[:1]))
     assert sorted(p.name for p in tmp_path.glob("q8_0-*.uqff")) == ["q8_0-0.uqff"]
+
+
+def test_layer_straddling_two_shards(tmp_path):
+    """mistral.rs cuts shards per tensor, so one layer's entries may sit in two files."""
+    layers = {"m.a": afq.quantize(weights(4, 64), 4, 64), "m.b": afq.quantize(weights(4, 64, 1), 8, 64)}
+    paths = uqff.write_uqff(tmp_path / "afq", layers, shard_limit=1)
+    moved = {}
+
+    def take(tensors, meta):
+        for name in ("m.a.weight.scales", "m.a.weight.biases"):
+            moved[name] = tensors.pop(name)
+
+    def give(tensors, meta):
+        tensors.update(moved)
+
+    edit_tensors(paths[0], take)
+    edit_tensors(paths[1], give)
+    r = uqff.open_uqff(paths[0])
+    assert_same(r.layer("m.a").weight, layers["m.a"])
+    assert r.layer("m.a").file == paths[0]
 
 
 def test_multi_type_spec(tmp_path):
@@ -374,7 +446,7 @@ def test_bad_entries(good, edit, message):
 def test_bad_writer_input(tmp_path):
     with pytest.raises(UserError, match="without .weight/.bias"):
         uqff.write_uqff(tmp_path / "x", {"m.a.weight": ggml("Q8_0", 8, 64)})
-    with pytest.raises(UserError, match="bias must be 1-D with 8 elements"):
+    with pytest.raises(UserError, match=r"bias must have shape \[8\], got \[3\]"):
         uqff.write_uqff(tmp_path / "x", {"m.a": ggml("Q8_0", 8, 64)}, {"m.a": np.zeros(3, np.float32)})
     with pytest.raises(UserError, match="not being written"):
         uqff.write_uqff(tmp_path / "x", {"m.a": ggml("Q8_0", 8, 64)}, {"m.z": np.zeros(8, np.float32)})

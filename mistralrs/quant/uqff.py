@@ -24,7 +24,7 @@ import json
 import os
 import re
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,17 +156,31 @@ def _check_key(key: str) -> None:
         raise UserError(f"Layer key {key!r} collides with the UQFF version tensors.")
 
 
-def _layer_tensors(key: str, value, bias, dtype: str | None) -> dict[str, tuple[str, np.ndarray]]:
+def _stacked(key: str, value, shape) -> tuple[int, ...]:
+    """The logical shape to record: the tensor's own, or (E, out, in) for stacked experts."""
+    if shape is None:
+        return tuple(value.shape)
+    shape = tuple(int(d) for d in shape)
+    if len(shape) != 3 or shape[0] * shape[1] != value.shape[0] or shape[2] != value.shape[1]:
+        raise UserError(f"{key}: stacked shape {shape} does not match a tensor of shape {tuple(value.shape)} "
+                        f"(expected (E, out, in) with E*out rows).")
+    return shape
+
+
+def _layer_tensors(key: str, value, bias, dtype: str | None, shape=None) -> dict[str, tuple[str, np.ndarray]]:
     _check_key(key)
     out: dict[str, tuple[str, np.ndarray]] = {}
-    rows = None
+    if shape is not None and not isinstance(value, (GgmlTensor, AfqTensor)):
+        raise UserError(f"{key}: a stacked shape is only needed for GgmlTensor/AfqTensor layers; pass dense "
+                        f"experts as a 3-D array.")
     if isinstance(value, GgmlTensor):
-        rows = value.shape[0]
+        logical = _stacked(key, value, shape)
         out[f"{key}.weight"] = ("U8", np.ascontiguousarray(value.data).reshape(-1))
         out[f"{key}.weight.dtype"] = _u32(GGML_TYPE_IDS[value.kind])
-        out[f"{key}.weight.shape"] = ("U32", np.array(value.shape, dtype="<u4"))
+        out[f"{key}.weight.shape"] = ("U32", np.array(logical, dtype="<u4"))
         out[f"{key}.weight.format"] = _u8(FORMAT_CODES["gguf"])
     elif isinstance(value, AfqTensor):
+        logical = _stacked(key, value, shape)
         rows, cols = value.shape
         afq_mod.check_params(value.bits, value.group_size, cols)
         packed = (rows, cols * value.bits // 32)
@@ -178,6 +192,8 @@ def _layer_tensors(key: str, value, bias, dtype: str | None) -> dict[str, tuple[
             raise UserError(f"{key}: AFQ scales and biases must be {groups}, got {np.shape(value.scales)} "
                             f"and {np.shape(value.biases)}.")
         st, (scales, biases) = _float_storage([value.scales, value.biases], dtype)
+        lead = logical[:-1]
+        w, scales, biases = w.reshape(*lead, -1), scales.reshape(*lead, -1), biases.reshape(*lead, -1)
         out[f"{key}.weight"] = ("U32", w.astype("<u4", copy=False))
         out[f"{key}.weight.scales"] = (st, scales)
         out[f"{key}.weight.biases"] = (st, biases)
@@ -185,7 +201,7 @@ def _layer_tensors(key: str, value, bias, dtype: str | None) -> dict[str, tuple[
         out[f"{key}.weight.group_size"] = _u8(value.group_size)
         out[f"{key}.weight.format"] = _u8(FORMAT_CODES["afq"])
     elif isinstance(value, np.ndarray) and value.dtype.kind == "f" and value.ndim >= 1:
-        rows = value.shape[0] if value.ndim >= 2 else None
+        logical = tuple(value.shape)
         st, (w,) = _float_storage([value], dtype)
         out[f"{key}.weight"] = (st, w)
         out[f"{key}.weight.format"] = _u8(FORMAT_CODES["unquant"])
@@ -194,8 +210,10 @@ def _layer_tensors(key: str, value, bias, dtype: str | None) -> dict[str, tuple[
                         f"AfqTensor or a float numpy array.")
     if bias is not None:
         b = np.asarray(bias)
-        if b.ndim != 1 or (rows is not None and b.shape[0] != rows):
-            raise UserError(f"{key}: bias must be 1-D with {rows} elements, got shape {b.shape}.")
+        allowed = {logical[:-1], logical[-2:-1]} if len(logical) >= 2 else {logical}
+        if b.shape not in allowed:
+            want = " or ".join(str(list(a)) for a in sorted(allowed, key=len))
+            raise UserError(f"{key}: bias must have shape {want}, got {list(b.shape)}.")
         st, (b,) = _float_storage([b], dtype)
         out[f"{key}.bias"] = (st, b)
     return out
@@ -220,21 +238,27 @@ def shard_paths(path: str | os.PathLike) -> tuple[Path, str]:
 
 def write_uqff(
     path: str | os.PathLike,
-    layers: Mapping[str, QuantizedTensor | np.ndarray],
+    layers: Mapping[str, QuantizedTensor | np.ndarray] | Iterable[tuple[str, QuantizedTensor | np.ndarray]],
     biases: Mapping[str, np.ndarray] | None = None,
     *,
     shard_limit: int = MAX_SHARD_BYTES,
     dtype: str | None = None,
+    shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> list[Path]:
     """Write one UQFF 1.2 shard set `<stem>-0.uqff`, `<stem>-1.uqff`, ...; returns the paths.
 
     `path` is the set's stem (`out/q4k`) or its first file (`out/q4k-0.uqff`, `out/q4k.uqff`).
     `layers` maps module paths to GgmlTensor (Gguf entries), AfqTensor (Afq entries) or float
-    arrays (Unquant entries); `biases` maps some of the same keys to 1-D float arrays. Layers
-    are written in the mapping's order; a shard is closed before a layer that would take it
-    past `shard_limit` bytes (a layer is never split). `dtype` (bf16, f16, f32) is the float
-    dtype for AFQ scales/biases, dense weights and biases; None stores each losslessly in
-    the narrowest of BF16, F16, F32. Stale higher-numbered shards of the same stem are removed.
+    arrays (Unquant entries); it may also be an iterable of (key, tensor) pairs, consumed
+    lazily, so a quantizer can stream layers through without holding them all. `biases` maps
+    some of the same keys to 1-D float arrays. `shapes` gives the logical shape of stacked
+    MoE experts, (E, out, in), for tensors passed with E*out rows.
+
+    Layers are written in order; a shard is closed before a layer that would take it past
+    `shard_limit` bytes (a layer is never split), so memory use is about one shard. `dtype`
+    (bf16, f16, f32) is the float dtype for AFQ scales/biases, dense weights and biases; None
+    stores each losslessly in the narrowest of BF16, F16, F32. The set appears only when
+    complete; stale higher-numbered shards of the same stem are removed.
     """
     folder, stem = shard_paths(path)
     if not folder.is_dir():
@@ -242,33 +266,48 @@ def write_uqff(
     if shard_limit <= 0:
         raise UserError("The UQFF shard size limit must be positive.")
     biases = dict(biases or {})
-    unknown = sorted(set(biases) - set(layers))
-    if unknown:
-        raise UserError(f"Biases given for layers that are not being written: {', '.join(unknown[:5])}.")
+    shapes = dict(shapes or {})
     dtype = _dtype_name(dtype)
-    shards: list[dict[str, tuple[str, np.ndarray]]] = []
+    meta = _metadata()
+    items = layers.items() if isinstance(layers, Mapping) else layers
+    partial: list[Path] = []
     current: dict[str, tuple[str, np.ndarray]] = {
         name: _u32(value) for name, value in zip(VERSION_KEYS, VERSION, strict=True)
     }
     size = sum(a.nbytes for _, a in current.values())
-    has_layer = False
-    for key, value in layers.items():
-        tensors = _layer_tensors(key, value, biases.get(key), dtype)
-        nbytes = sum(a.nbytes for _, a in tensors.values())
-        if has_layer and size + nbytes > shard_limit:
-            shards.append(current)
-            current, size = {}, 0
-        current.update(tensors)
-        size += nbytes
-        has_layer = True
-    shards.append(current)
-    meta = _metadata()
+    seen: set[str] = set()
+
+    def flush():
+        p = folder / f"{stem}-{len(partial)}.uqff.partial"
+        partial.append(p)
+        write_file(p, current, meta)
+
+    try:
+        for key, value in items:
+            if key in seen:
+                raise UserError(f"Layer {key} is given twice.")
+            tensors = _layer_tensors(key, value, biases.get(key), dtype, shapes.get(key))
+            nbytes = sum(a.nbytes for _, a in tensors.values())
+            if seen and size + nbytes > shard_limit:
+                flush()
+                current, size = {}, 0
+            seen.add(key)
+            current.update(tensors)
+            size += nbytes
+        unknown = sorted(set(biases) - seen) + sorted(set(shapes) - seen)
+        if unknown:
+            raise UserError(f"Biases or shapes given for layers that are not being written: {', '.join(unknown[:5])}.")
+        flush()
+    except BaseException:
+        for p in partial:
+            p.unlink(missing_ok=True)
+        raise
     paths = []
-    for i, tensors in enumerate(shards):
-        p = folder / f"{stem}-{i}.uqff"
-        write_file(p, tensors, meta)
-        paths.append(p)
-    i = len(shards)
+    for p in partial:
+        final = p.with_name(p.name[: -len(".partial")])
+        os.replace(p, final)
+        paths.append(final)
+    i = len(paths)
     while (folder / f"{stem}-{i}.uqff").exists():
         (folder / f"{stem}-{i}.uqff").unlink()
         i += 1
