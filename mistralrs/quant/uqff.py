@@ -8,6 +8,7 @@ tensors `<key>.weight*` plus an optional `<key>.bias`, self-described by the U8 
 `<key>.weight.format`. See docs/uqff.md for the full layout.
 
     write_uqff("out/q4k", {key: GgmlTensor | AfqTensor | ndarray}, biases)  -> shard paths
+        (layers may also be a lazy iterable of (key, tensor) pairs; shapes= for stacked experts)
     write_residual("out", {hf_name: ndarray})                                -> path
     write_report("out", [report_output("q4k", shards, layers)])             -> path
     reader = open_uqff("out/q4k-0.uqff;out/afq8-0.uqff")                    -> UqffReader
@@ -590,16 +591,18 @@ class UqffReader:
             groups.setdefault(key, {})[suffix] = i
         self._layers: dict[str, _LayerInfo] = {}
         unsupported: dict[str, list[str]] = {}
+        holders: set[Path] = set()
         for key in sorted(groups, key=_natural):
             names = groups[key]
             info = self._check_layer(key, names)
             if isinstance(info, str):
                 unsupported.setdefault(info, []).append(key)
+                holders.add(files[names["weight.format"]])
             else:
                 self._layers[key] = info
         if unsupported:
             parts = "; ".join(f"{len(keys)} {fmt.upper()} layer(s) (e.g. {keys[0]})" for fmt, keys in unsupported.items())
-            raise UserError(f"{', '.join(map(str, files))} hold(s) {parts}. mistralrs reads UQFF layers stored as "
+            raise UserError(f"{', '.join(sorted(map(str, holders)))} hold(s) {parts}. mistralrs reads UQFF layers stored as "
                             f"GGML blocks (q4_0 ... q8_0, q2k ... q6k), AFQ or unquantized; re-create the UQFF "
                             f"with one of those types (e.g. --isq q4k or afq4).")
 
