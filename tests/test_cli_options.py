@@ -147,6 +147,8 @@ def test_version(capsys):
     (["bench", "-m", "x", "--iterations", "0"], "--iterations"),
     (["bench", "-m", "x", "--warmup", "-1"], "--warmup"),
     (["completions", "tcsh"], "tcsh"),
+    (["run", "-m", "x", "--isq", "q7k"], "Valid types: q4_0"),
+    (["run", "-m", "x", "--isq", "hqq4"], "does not run"),
     (["tune", "-m", "x", "--profile", "slow"], "--profile"),
 ])
 def test_bad_values_are_one_line_usage_errors(capsys, args, expected):
@@ -170,8 +172,6 @@ UNBUILT_ARGS = {
     "prefix_cache_n": ["--prefix-cache-n", "4"],
     "enable_search": ["--enable-search"],
     "search_embedding_model": ["--search-embedding-model", "embedding-gemma"],
-    "isq": ["--isq", "q4k"],
-    "isq_organization": ["--isq-organization", "moqe"],
     "imatrix": ["--imatrix", "imatrix.dat"],
     "calibration_file": ["--calibration-file", "calib.txt"],
     "from_uqff": ["--from-uqff", "q4k-0.uqff"],

@@ -10,6 +10,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from mistralrs.backends import mlx_quant
 from mistralrs.backends.ops import Ops, Tensor
 
 _DTYPES = {
@@ -128,7 +129,15 @@ class MlxOps(Ops):
             return _InputMajorWeight(transposed)
         return weight
 
+    def prepare_quantized_linear(self, weight):
+        return mlx_quant.prepare(weight, _DTYPES[self.compute_dtype])
+
+    def quantized_layout(self, weight):
+        return mlx_quant.layout(weight)
+
     def linear(self, x, weight, bias=None):
+        if isinstance(weight, mlx_quant.QuantizedWeight):
+            return weight(x, bias)
         w = weight.transposed if isinstance(weight, _InputMajorWeight) else weight.T
         if bias is None:
             return x @ w

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from mistralrs.quant.qtensor import QuantizedTensor
+
 Tensor = Any  # a torch.Tensor or an mx.array, depending on the backend
 
 FLOAT_DTYPES = ("float32", "bfloat16", "float16")
@@ -31,6 +33,8 @@ FLOAT_DTYPES = ("float32", "bfloat16", "float16")
 class Ops(ABC):
     name: str  # "torch" | "mlx"
     device: str  # human-readable: "cpu", "cuda:0", "metal", ...
+    # The model's activation dtype, set by the loader; quantized weights are packed for it.
+    compute_dtype: str = "float32"
 
     # ---- data --------------------------------------------------------------
     @abstractmethod
@@ -78,6 +82,18 @@ class Ops(ABC):
     def prepare_linear(self, weight: Tensor) -> Tensor:
         """A chance to re-lay a linear weight once at load time for faster matmuls."""
         return weight
+
+    def prepare_quantized_linear(self, weight: QuantizedTensor) -> Tensor:
+        """Pack a quantized weight (numpy blocks) into what this backend's `linear` runs.
+
+        The fallback dequantizes to `compute_dtype`: correct, but neither smaller nor
+        faster; backends override it with real kernels.
+        """
+        return self.prepare_linear(self.asarray(weight.dequantize(), self.compute_dtype))
+
+    def quantized_layout(self, weight: QuantizedTensor) -> str | None:
+        """How `prepare_quantized_linear` will run this format when not exactly, for the load log."""
+        return None
 
     # ---- shape -------------------------------------------------------------
     @abstractmethod

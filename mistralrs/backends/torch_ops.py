@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
+from mistralrs.backends import torch_quant
 from mistralrs.backends.ops import Ops, Tensor
 
 _DTYPES = {
@@ -91,6 +92,19 @@ class TorchOps(Ops):
             return _PackedCpuWeight(weight)
         return weight
 
+    def prepare_quantized_linear(self, weight):
+        if self.torch_device.type == "cpu":
+            return torch_quant.prepare_cpu(weight)
+        dense = torch_quant.prepare_dense(weight, _DTYPES[self.compute_dtype], self.torch_device)
+        return self.prepare_linear(dense)
+
+    def quantized_layout(self, weight):
+        if self.torch_device.type != "cpu":
+            return f"dequantized to the compute dtype on {self.device} (no CUDA quantized kernel yet)"
+        if torch_quant.cpu_layout(weight) == "int8":
+            return "requantized to int8 with one scale per row (torch's int8 CPU kernel)"
+        return None
+
     # ---- shape -------------------------------------------------------------
     def transpose(self, x, axes):
         return x.permute(*axes)
@@ -103,7 +117,7 @@ class TorchOps(Ops):
 
     # ---- layers ------------------------------------------------------------
     def linear(self, x, weight, bias=None):
-        if isinstance(weight, _PackedCpuWeight):
+        if isinstance(weight, _CALLABLE_WEIGHTS):
             return weight(x, bias)
         return F.linear(x, weight, bias)
 
@@ -258,6 +272,9 @@ class _PackedCpuWeight:
         rows = x.reshape(-1, self.in_features)
         y = torch.ops.mkldnn._linear_pointwise(rows, self.packed, bias, "none", [], "")
         return y.reshape(*x.shape[:-1], self.out_features)
+
+
+_CALLABLE_WEIGHTS = (_PackedCpuWeight, torch_quant.Int4Weight, torch_quant.Int8Weight)
 
 
 def default_cpu_threads() -> int:

@@ -29,6 +29,11 @@ def check_loading_options(opts: Options, model_type: ModelType) -> None:
         raise UserError(f"{flags} are mutually exclusive: give at most one PagedAttention memory budget.")
     refuse_unbuilt_model_type(model_type.value)
     refuse_unbuilt_options(dict(opts.items()))
+    if opts.get("isq") is not None:
+        from mistralrs.backends import resolve_backend_name
+        from mistralrs.quant.isq import parse_isq
+
+        parse_isq(opts.get("isq"), resolve_backend_name(opts.backend))
     if model_type is ModelType.auto:
         refuse_unbuilt_model_type(detect_model_type(opts.model_id))
 
@@ -75,6 +80,8 @@ def load_model(opts: Options) -> LLM:
         format=opts.get("format") or "auto",
         tok_model_id=opts.get("tok_model_id"),
         threads=opts.get("threads"),
+        isq=opts.get("isq"),
+        isq_organization=opts.get("isq_organization") or "default",
         # The default 4096 sizes device mapping; only a typed --max-seq-len overrides the model's context.
         max_seq_len=opts.max_seq_len if opts.given("max_seq_len") else None,
         progress=True,

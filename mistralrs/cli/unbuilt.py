@@ -27,8 +27,6 @@ UNBUILT_OPTIONS: dict[str, UnbuiltOption] = {
     "enable_search": UnbuiltOption("--enable-search", "web search"),
     "search_embedding_model": UnbuiltOption("--search-embedding-model", "web search"),
     # quantization
-    "isq": UnbuiltOption("--isq", "ISQ quantization"),
-    "isq_organization": UnbuiltOption("--isq-organization", "ISQ quantization"),
     "imatrix": UnbuiltOption("--imatrix", "imatrix quantization"),
     "calibration_file": UnbuiltOption("--calibration-file", "imatrix quantization"),
     "from_uqff": UnbuiltOption("--from-uqff", "loading UQFF files"),

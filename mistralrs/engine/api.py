@@ -67,18 +67,22 @@ def load(
     threads: int | None = None,
     max_seq_len: int | None = None,
     prefill_chunk: int = 1024,
+    isq: str | int | None = None,
+    isq_organization: str = "default",
     progress: bool = False,
 ) -> LLM:
     """Load a model for generation.
 
     model_id: a local HF folder, a .gguf file, a built-in alias ("smollm2"), or a hub repo id.
     dtype: auto (the checkpoint's), bf16, f16 or f32. backend: auto, torch or mlx.
+    isq: quantize the projections while loading ("q4k", "q8_0", "afq4", or a level 2-8).
     """
     if dtype not in DTYPE_NAMES:
         raise UserError(f"Unknown --dtype `{dtype}`: use auto, bf16, f16 or f32.", param="dtype")
     if prefill_chunk < 1:
         raise UserError("prefill_chunk must be at least 1.", param="prefill_chunk")
     ops = get_ops(backend, cpu=cpu)
+    isq_type = _resolve_isq(isq, isq_organization, ops)
     if threads is not None and (threads < 1 or ops.name != "torch"):
         raise UserError(
             "--threads takes a positive number and applies to the torch backend on the CPU; "
@@ -109,13 +113,16 @@ def load(
         tok = Tokenizer.from_dir(tok_folder, tokenizer_json=tokenizer)
         template = template_for(tok)
     status = _Status(progress)
+    if source.is_gguf and isq_type is not None:
+        raise UserError("--isq quantizes a float checkpoint while loading; this GGUF file is already "
+                        "quantized and runs as it is. Drop --isq, or pass the Hugging Face folder.", param="isq")
     if source.is_gguf:
         loaded, gguf_tok = _load_gguf(ops, source, DTYPE_NAMES[dtype], arch, status)
         if tok is None:
             tok = gguf_tok or Tokenizer.from_dir(tok_folder)  # the latter raises a clear error
             template = template_for(tok)
     else:
-        loaded = _load_folder(ops, source, config, arch_key, DTYPE_NAMES[dtype], status)
+        loaded = _load_folder(ops, source, config, arch_key, DTYPE_NAMES[dtype], status, isq_type)
     generation_defaults = _generation_defaults(source.folder if not source.is_gguf else None)
     status.done()
     return LLM(
@@ -130,14 +137,39 @@ def load(
     )
 
 
+def _resolve_isq(isq, organization: str, ops: Ops):
+    from mistralrs.quant.isq import parse_isq
+
+    if organization not in ("default", "moqe"):
+        raise UserError(f"Unknown --isq-organization `{organization}`: use default or moqe.",
+                        param="isq_organization")
+    if isq is None:
+        return None
+    isq_type = parse_isq(isq, ops.name)
+    if organization == "moqe":
+        # None of the architectures here has MoE experts, so "only the experts" is nothing.
+        raise UserError("--isq-organization moqe quantizes only the MoE expert layers, and this model "
+                        "has none (it is a dense model). Use --isq-organization default.",
+                        param="isq_organization")
+    return isq_type
+
+
 class _Status:
     """A one-line status on stderr while weights load (only when asked and stderr is a terminal)."""
 
     def __init__(self, enabled: bool):
         import sys
 
+        self.progress = enabled
         self.enabled = enabled and sys.stderr.isatty()
         self.stream = sys.stderr
+
+    def note(self, message: str) -> None:
+        """A line of the load log that stays (e.g. a quantization fallback)."""
+        if self.progress:
+            self.update("")
+            self.stream.write(message + "\n")
+            self.stream.flush()
 
     def update(self, message: str) -> None:
         if self.enabled:
@@ -178,16 +210,30 @@ def _resolve_dtype(requested: str, config: dict, ops: Ops) -> str:
     return stored
 
 
-def _load_folder(ops: Ops, source: ModelSource, config: dict, key: str, dtype: str, status: _Status) -> LoadedModel:
+def _load_folder(ops: Ops, source: ModelSource, config: dict, key: str, dtype: str, status: _Status,
+                 isq=None) -> LoadedModel:
     folder = source.folder
     dtype = _resolve_dtype(dtype, config, ops)
+    if isq is not None and dtype == "float32" and ops.name == "torch" and ops.device == "cpu":
+        # torch's packed integer kernels are fast only with bfloat16 activations.
+        dtype = "bfloat16"
+    ops.compute_dtype = dtype
     model = build_model(config, ops, key)
     files = safetensors_files(folder)
+    if isq is None:
+        def report(done, total):
+            status.update(f"Loading weights: {done}/{total} file(s)")
 
-    def report(done, total):
-        status.update(f"Loading weights: {done}/{total} file(s)")
+        load_into(model, read_safetensors(ops, files, dtype), model.sanitize, report, len(files))
+    else:
+        from mistralrs.engine.isq_loading import IsqPlan, quantize_tied_head, quantized_batches
 
-    load_into(model, read_safetensors(ops, files, dtype), model.sanitize, report, len(files))
+        plan = IsqPlan(model, isq, ops)
+        load_into(model, quantized_batches(ops, files, plan, dtype, model.sanitize, status.update),
+                  lambda weights: weights)
+        quantize_tied_head(model, plan)
+        for note in plan.notes:
+            status.note(f"ISQ {isq.name}: {note}")
     _finalize(ops, model)
     return LoadedModel(model, config, key, dtype)
 

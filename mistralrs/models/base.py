@@ -12,6 +12,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from mistralrs.backends.ops import Ops, Tensor
+from mistralrs.quant.qtensor import AfqTensor, GgmlTensor, concat_rows
+
+QUANTIZED = (GgmlTensor, AfqTensor)
 
 
 @dataclass(frozen=True)
@@ -66,18 +69,28 @@ class Linear(Module):
         return self.ops.linear(x, self.weight, self.bias)
 
     def finalize(self) -> None:
-        self.weight = self.ops.prepare_linear(self.weight)
+        if isinstance(self.weight, QUANTIZED):
+            self.weight = self.ops.prepare_quantized_linear(self.weight)
+        else:
+            self.weight = self.ops.prepare_linear(self.weight)
 
 
 def fuse_linears(ops: Ops, parts: list[Linear]) -> Linear:
     """One Linear whose output is the concatenation of `parts` (one matmul instead of several).
 
     At batch-1 decode the cost of a matmul is dominated by reading its weight and
-    by per-call overhead; fusing q/k/v and gate/up removes the overhead.
+    by per-call overhead; fusing q/k/v and gate/up removes the overhead. Quantized
+    parts fuse row-wise in their blocks (the in-situ plan gives them one format).
     """
     fused = Linear.__new__(Linear)
     Module.__init__(fused, ops)
-    fused.weight = ops.concat([p.weight for p in parts], axis=0)
+    weights = [p.weight for p in parts]
+    if any(isinstance(w, QUANTIZED) for w in weights):
+        fused.weight = concat_rows(weights)
+        if fused.weight is None:
+            raise ValueError("fuse_linears: parts quantized to different formats cannot be fused")
+    else:
+        fused.weight = ops.concat(weights, axis=0)
     biases = [p.bias for p in parts]
     fused.bias = None if all(b is None for b in biases) else ops.concat(biases, axis=0)
     return fused
