@@ -32,7 +32,10 @@ from mistralrs.engine.source import ModelSource, resolve_source
 from mistralrs.engine.stop import StopStrings
 from mistralrs.engine.weights import load_into, read_safetensors, safetensors_files
 from mistralrs.errors import ModelLoadError, UserError
+from mistralrs.models.base import Linear, Missing
 from mistralrs.models.registry import build_model, resolve_architecture
+from mistralrs.quant import ggml_blocks
+from mistralrs.quant.qtensor import GgmlTensor
 
 DTYPE_NAMES = {"auto": "auto", "bf16": "bfloat16", "f16": "float16", "f32": "float32"}
 DTYPE_NAMES.update({name: name for name in FLOAT_DTYPES})
@@ -246,18 +249,39 @@ def _load_gguf(ops: Ops, source: ModelSource, dtype: str, arch: str | None, stat
     config = gguf.config
     key = resolve_architecture(config, arch)
     dtype = "float32" if dtype == "auto" else dtype
+    ops.compute_dtype = dtype
     model = build_model(config, ops, key)
     names = list(gguf.tensor_names())
     origin = os.path.basename(source.gguf_files[0])
+    # Projections stay in their GGML blocks and run through the quantized kernels; the rest
+    # (norms, the embedding table used for lookups) is dequantized.
+    projections = {name for name, owner, attr in model.weight_slots() if isinstance(owner, Linear) and attr == "weight"}
+
+    def tensor(name):
+        if name in projections and gguf.ggml_type(name) in ggml_blocks.KINDS:
+            raw = gguf.load_raw(name)
+            if raw.ggml_type in ggml_blocks.KINDS:
+                return GgmlTensor(raw.ggml_type, tuple(raw.shape), raw.data)
+        return ops.asarray(gguf.load_tensor(name), dtype)
 
     def batches():
         for name in names:
-            yield origin, {name: ops.asarray(gguf.load_tensor(name), dtype)}
+            yield origin, {name: tensor(name)}
 
     def report(done, total):
         status.update(f"Loading {origin}: {done}/{total} tensors")
 
     load_into(model, batches(), model.sanitize, report, len(names))
+    head = getattr(model, "lm_head", None)
+    embeddings = "model.embed_tokens.weight"
+    if head is not None and isinstance(head.weight, Missing) and gguf.ggml_type(embeddings) in ggml_blocks.KINDS:
+        # A tied head multiplies by the embedding table: keep the file's blocks for it too.
+        raw = gguf.load_raw(embeddings)
+        head.weight = GgmlTensor(raw.ggml_type, tuple(raw.shape), raw.data)
+    notes = {ops.quantized_layout(w) and f"{w.kind}: {ops.quantized_layout(w)}"
+             for _, owner, attr in model.weight_slots() if isinstance(w := getattr(owner, attr), GgmlTensor)}
+    for note in sorted(n for n in notes if n):
+        status.note(f"{origin}: {note}")
     _finalize(ops, model)
     tok = None  # without one in the file, load() asks for -t / --tok-model-id
     if gguf.has_tokenizer:
