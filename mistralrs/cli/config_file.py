@@ -187,8 +187,15 @@ def _default_model(data: dict, command: str, models: list[ModelEntry], where: st
 
 
 def _check_consistency(models: list[ModelEntry], shared: dict[str, Any], where: str) -> None:
-    if len({m.opts.cpu for m in models}) > 1:
-        raise UserError(f"{where}: `device.cpu` must be the same for every model.")
+    # The device is the process's, not a model's: models that set `cpu` must agree, and the
+    # others follow them.
+    chosen = {m.opts.cpu for m in models if m.opts.given("cpu")}
+    if len(chosen) > 1:
+        raise UserError(f"{where}: `device.cpu` must be the same for every model that sets it.")
+    if chosen:
+        cpu = chosen.pop()
+        for m in models:
+            m.opts.cpu = cpu
     if shared.get("search_embedding_model") is not None and not shared.get("enable_search"):
         raise UserError(f"{where}: `runtime.search_embedding_model` needs `runtime.enable_search = true`.")
     for m in models:

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from mistralrs.tune.metadata import DTYPE_BYTES, ModelMetadata, TensorInfo
 from mistralrs.tune.quant_types import PROMOTED, UNQUANTIZED_BITS, QuantType, lookup, storage_type
 
-# Measured after loading the 134.5M-parameter benchmark model (bf16, CPU): anonymous resident
-# memory grew by the weights plus 34 MB (torch) to 42 MB (MLX): the tokenizer, chat template,
-# RoPE tables and allocator slack. It does not grow with the model, so it is a constant.
-RUNTIME_OVERHEAD_BYTES = 40 * 1024 * 1024
+# What loading adds beyond the weights (tokenizer, chat template, RoPE tables, allocator slack),
+# calibrated on the CPU from anonymous resident memory after `load`: a 152 MB model with a
+# 512-token vocabulary took 23 MB (torch) / 35 MB (MLX) more, the 269 MB benchmark model with
+# a 49,152-token vocabulary 42 / 50 MB more. The part that grows is the tokenizer's tables.
+RUNTIME_OVERHEAD_BYTES = 28 * 1024 * 1024
+OVERHEAD_BYTES_PER_VOCAB_ENTRY = 384
 
 EMBEDDING = re.compile(r"(^|\.)(embed_tokens|wte|word_embeddings|tok_embeddings)\.weight$")
 HEAD = re.compile(r"(^|\.)(lm_head|output)\.weight$")
@@ -53,7 +55,12 @@ def estimate_size(meta: ModelMetadata, quant: QuantType, compute_dtype: str) -> 
         bits, fell_back = _tensor_bits(tensor, quant, compute_bits)
         total_bits += bits
         fallbacks += fell_back
-    return Estimate(int(total_bits // 8), RUNTIME_OVERHEAD_BYTES, fallbacks)
+    return Estimate(int(total_bits // 8), runtime_overhead(meta.config), fallbacks)
+
+
+def runtime_overhead(config: dict) -> int:
+    vocab = int(text_config(config).get("vocab_size") or 0)
+    return RUNTIME_OVERHEAD_BYTES + OVERHEAD_BYTES_PER_VOCAB_ENTRY * vocab
 
 
 def _tensor_bits(tensor: TensorInfo, quant: QuantType, compute_bits: float) -> tuple[float, bool]:
