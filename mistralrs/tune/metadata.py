@@ -94,7 +94,12 @@ def _tensors(header: dict) -> list[TensorInfo]:
 
 def _from_hub(model_id: str, token: str | bool | None) -> ModelMetadata:
     from huggingface_hub import constants, get_safetensors_metadata, hf_hub_download
-    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        NotASafetensorsRepoError,
+        RepositoryNotFoundError,
+    )
 
     try:
         config = _read_config(hf_hub_download(model_id, "config.json", token=token))
@@ -108,8 +113,13 @@ def _from_hub(model_id: str, token: str | bool | None) -> ModelMetadata:
     except LocalEntryNotFoundError:
         raise ModelLoadError(f"{model_id} is not in the Hugging Face cache and the hub cannot be reached; "
                              "pass a local folder to -m or go online.") from None
-    except OSError as exc:
-        raise ModelLoadError(f"Reading {model_id}'s metadata from the hub failed: {exc}") from None
+    except ModelLoadError:
+        raise
+    except NotASafetensorsRepoError:
+        raise ModelLoadError(f"{model_id} has no safetensors weights on the hub; tune reads safetensors "
+                             "headers (a GGUF repo is already quantized).") from None
+    except Exception as exc:  # the hub client's HTTP and transport errors vary by version
+        raise ModelLoadError(f"Reading {model_id}'s metadata from the hub failed ({type(exc).__name__}: {exc}).") from None
     tensors = [TensorInfo(name, info.dtype, tuple(info.shape))
                for file in found.files_metadata.values() for name, info in file.tensors.items()]
     return ModelMetadata(model_id, config, tuple(tensors))
