@@ -177,3 +177,15 @@ def test_estimate_matches_measured_memory(weighty_model, backend):
     estimated = estimated_load_bytes(weighty_model, backend)
     measured = measured_load_bytes(weighty_model, backend)
     assert abs(estimated - measured) <= ESTIMATE_TOLERANCE * measured, (estimated, measured)
+
+
+BENCH_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench-models", "bench-qwen3")
+
+
+@pytest.mark.skipif(not os.path.isdir(BENCH_MODEL) or not os.path.exists("/proc/self/status"),
+                    reason="needs bench-models/bench-qwen3 (../shared/bench/make_models.py) and Linux's RssAnon")
+def test_estimate_matches_the_benchmark_model(backend):
+    # The 134.5M-parameter benchmark model (bf16, 49,152-token vocabulary, 576-wide rows).
+    estimated = estimated_load_bytes(BENCH_MODEL, backend)
+    measured = measured_load_bytes(BENCH_MODEL, backend)
+    assert abs(estimated - measured) <= ESTIMATE_TOLERANCE * measured, (estimated, measured)
