@@ -16,7 +16,7 @@ import pytest
 from memory_check import estimated_load_bytes, measured_load_bytes, write_sized_qwen3
 
 from mistralrs.cli.config_file import read_config_file
-from mistralrs.cli.loading import check_loading_options
+from mistralrs.cli.loading import check_loading_options, load_model
 from mistralrs.cli.main import main
 from mistralrs.tune import machine as machine_module
 from mistralrs.tune.machine import Machine
@@ -137,6 +137,7 @@ def test_emit_config_is_read_back_by_from_config(capsys, fake_machine, tiny_mode
     model = read_config_file(path).models[0]
     check_loading_options(model.opts, model.kind)
     assert model.opts.isq is None
+    assert load_model(model.opts).model_id == folder  # and it loads as the file says
 
 
 def test_bad_input_is_one_line_and_exit_2(capsys, fake_machine, tiny_model_dir, tmp_path):

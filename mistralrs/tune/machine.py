@@ -57,7 +57,8 @@ def detect_machine(backend: str) -> Machine:
             info = mx.device_info() if hasattr(mx, "device_info") else mx.metal.device_info()
             total = int(info.get("memory_size", ram))
             budget = int(info.get("max_recommended_working_set_size", total * METAL_USABLE))
-            return Machine("metal", str(info.get("device_name", "Apple Silicon")), total, budget)
+            name = info.get("device_name") or f"Apple Silicon {info.get('architecture', '')}".strip()
+            return Machine("metal", str(name), total, budget)
     return Machine("cpu", _cpu_name(), ram, int(ram * RAM_USABLE))
 
 
