@@ -31,7 +31,7 @@ OPTIONS = {
     ("from-config",): ["--file", *GLOBAL],
     ("quantize",): ["-m", "--model-id", "--isq", "-o", "--output", "--isq-organization", "--imatrix",
                     "--calibration-file", "--no-readme", *GLOBAL],
-    ("tune",): ["-m", "--model-id", "--profile", "--json", "--emit-config", *GLOBAL],
+    ("tune",): ["-m", "--model-id", "--profile", "--json", "--emit-config", "--backend", *GLOBAL],
     ("doctor",): ["--json", *GLOBAL],
     ("login",): ["--token", *GLOBAL],
     ("cache", "list"): GLOBAL,

@@ -33,6 +33,11 @@ def run(
 ) -> None:
     r"""Run a model in interactive mode. Type \help in the chat for its commands."""
     check_loading_options(opts, model_type)
+    chat(opts, enable_thinking=enable_thinking)
+
+
+def chat(opts: Options, *, enable_thinking: bool) -> None:
+    """Load the model and chat with it in the terminal (also `from-config`'s `command = "run"`)."""
     # Imported here: the chat pulls in numpy, jinja2 and tokenizers, which --help and
     # shell completion (a new process per TAB) should not wait for.
     from mistralrs.cli.chat_output import ChatOutput

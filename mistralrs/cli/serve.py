@@ -24,21 +24,27 @@ from mistralrs.errors import UserError
 def serve(model_type: ModelTypeArgument = ModelType.auto, *, opts: Options) -> None:
     """Start an HTTP server with OpenAI-compatible API endpoints."""
     check_loading_options(opts, model_type)
+    serve_models([opts], opts)
+
+
+def serve_models(models: list[Options], server_opts: Options, default_model_id: str | None = None) -> None:
+    """Load every model, then serve them all on `server_opts`' host and port (also `from-config`'s way)."""
     # Imported here: the server pulls in falcon and waitress, which --help should not wait for.
-    from mistralrs.http.app import create_app
+    from mistralrs.http.app import create_multi_app
     from mistralrs.http.server import create_server, serve_forever
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    llm = load_model(opts)
-    app = create_app(llm, opts.model_id, server_seed=opts.get("seed"))
+    llms = [load_model(opts) for opts in models]
+    app = create_multi_app([(llm, opts.model_id) for llm, opts in zip(llms, models, strict=True)],
+                           default_model_id=default_model_id, server_seed=server_opts.get("seed"))
     # Bind before announcing, so a port in use is an error here and not a line that lies.
     try:
-        server = create_server(app, opts.host, opts.port)
+        server = create_server(app, server_opts.host, server_opts.port)
     except OSError as exc:
-        raise UserError(f"Cannot listen on {opts.host}:{opts.port} ({exc.strerror or exc}); "
+        raise UserError(f"Cannot listen on {server_opts.host}:{server_opts.port} ({exc.strerror or exc}); "
                         "pick another port with -p/--port or another address with --host.") from None
-    host = "localhost" if opts.host in ("0.0.0.0", "::") else opts.host
-    typer.echo(f"Serving {llm.model_id} ({llm.arch}, {llm.dtype}, {llm.backend}) on "
-               f"http://{host}:{server.effective_port}/v1 (OpenAPI document: /openapi.json). Ctrl-C stops.",
-               err=True)
+    host = "localhost" if server_opts.host in ("0.0.0.0", "::") else server_opts.host
+    names = ", ".join(f"{llm.model_id} ({llm.arch}, {llm.dtype}, {llm.backend})" for llm in llms)
+    typer.echo(f"Serving {names} on http://{host}:{server.effective_port}/v1 "
+               "(OpenAPI document: /openapi.json). Ctrl-C stops.", err=True)
     serve_forever(server)

@@ -58,9 +58,7 @@ UNBUILT_OPTIONS: dict[str, UnbuiltOption] = {
 }
 
 UNBUILT_COMMANDS: dict[str, str] = {
-    "from-config": "TOML configuration files",
     "quantize": "UQFF generation",
-    "tune": "quantization and device-mapping recommendations",
 }
 
 UNBUILT_MODEL_TYPES: dict[str, str] = {

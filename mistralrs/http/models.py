@@ -1,19 +1,20 @@
-"""GET /v1/models: the one model this server serves."""
+"""GET /v1/models: the models this server serves."""
 
 from __future__ import annotations
 
 import falcon
 
-from mistralrs.http.served_model import ServedModel
+from mistralrs.http.served_model import ServedModel, ServedModels
 
 
 class Models:
-    def __init__(self, served: ServedModel):
+    def __init__(self, served: ServedModels):
         self.served = served
 
-    def model_card(self) -> dict:
-        return {"id": self.served.model_id, "object": "model", "created": self.served.created,
+    @staticmethod
+    def model_card(model: ServedModel) -> dict:
+        return {"id": model.model_id, "object": "model", "created": model.created,
                 "owned_by": "local", "status": "loaded"}
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = {"object": "list", "data": [self.model_card()]}
+        resp.media = {"object": "list", "data": [self.model_card(m) for m in self.served]}

@@ -1,0 +1,192 @@
+"""`mistralrs tune`: the options table and JSON on a fake machine, --emit-config read back by
+from-config, bad input, and the size estimate against the memory a real load takes.
+
+Most runs are in-process with `detect_machine` replaced, so the verdicts do not depend on this
+machine; one subprocess run checks the real detection end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from memory_check import estimated_load_bytes, measured_load_bytes, write_sized_qwen3
+
+from mistralrs.cli.config_file import read_config_file
+from mistralrs.cli.loading import check_loading_options, load_model
+from mistralrs.cli.main import main
+from mistralrs.tune import machine as machine_module
+from mistralrs.tune.machine import Machine
+from mistralrs.tune.quant_types import quantized_types
+
+GiB = 1 << 30
+BIG_GPU = Machine("cuda", "Fake GPU", 24 * GiB, int(24 * GiB * 0.9), offload_bytes=64 * GiB)
+TORCH_TYPES = ["q8_0", "q6k", "q5_1", "q5k", "q5_0", "q4_1", "q4k", "q4_0", "q3k", "q2k"]
+MLX_TYPES = ["afq8", "afq6", "afq4", "afq3", "afq2"]
+OPTION_KEYS = {"quant", "dtype", "label", "size_bytes", "memory_fraction", "context_tokens", "context_is_max",
+               "quality", "status", "recommended"}
+
+
+@pytest.fixture
+def fake_machine(monkeypatch):
+    """Set the machine tune sees: `fake_machine(Machine(...))`; BIG_GPU until then."""
+    current = [BIG_GPU]
+    monkeypatch.setattr(machine_module, "detect_machine", lambda backend: current[0])
+    monkeypatch.setenv("COLUMNS", "200")
+    return lambda m: current.__setitem__(0, m)
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+def tune_json(capsys, *args: str) -> dict:
+    code, out, err = cli(capsys, "tune", *args, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def one_error_line(capsys, *args: str) -> str:
+    code, out, err = cli(capsys, *args)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (code, out, err)
+    return lines[0]
+
+
+@pytest.mark.parametrize("backend, types", [("torch", TORCH_TYPES), ("mlx", MLX_TYPES)])
+def test_json_schema_and_every_type_of_the_backend(capsys, fake_machine, tiny_model_dir, backend, types):
+    data = tune_json(capsys, "-m", tiny_model_dir("qwen3"), "--backend", backend)
+    assert set(data) == {"version", "model", "machine", "backend", "profile", "options", "recommended",
+                         "paged_attention"} and data["version"] == 1
+    assert data["backend"] == backend and data["profile"] == "balanced"
+    assert data["machine"] == {"kind": "cuda", "name": "Fake GPU", "memory_bytes": BIG_GPU.memory_bytes,
+                               "budget_bytes": BIG_GPU.budget_bytes, "offload_bytes": BIG_GPU.offload_bytes}
+    model = data["model"]
+    assert model["dtype"] == "f32" and model["context_length"] == 512
+    # qwen3 fixture: 2 layers x 2 KV heads x head_dim 32 x (K and V) x 4 bytes.
+    assert model["kv_bytes_per_token"] == 2 * 2 * 32 * 2 * 4
+    options = data["options"]
+    assert all(set(o) == OPTION_KEYS for o in options)
+    assert [o["dtype"] for o in options[:3]] == ["f32", "bf16", "f16"]
+    assert [o["quant"] for o in options[3:]] == types
+    assert all(o["status"] == "fits" and o["context_is_max"] for o in options)
+    assert [o["quant"] for o in options if o["recommended"]] == [types[0]]  # balanced: 8 bits
+    assert data["recommended"]["quant"] == types[0]
+    assert data["recommended"]["command"].endswith(f"--backend {backend} --isq {types[0]}")
+
+
+def test_profiles_pick_different_options(capsys, fake_machine, tiny_model_dir):
+    folder = tiny_model_dir("qwen3")
+    picks = {p: tune_json(capsys, "-m", folder, "--profile", p)["recommended"] for p in ("quality", "balanced", "fast")}
+    assert picks["quality"] == {"quant": None, "dtype": "auto", "command": f"mistralrs serve -m {folder}"}
+    assert picks["balanced"]["quant"] == "q8_0" and picks["fast"]["quant"] == "q4k"
+
+
+def test_sizes_follow_bits_and_statuses_follow_memory(capsys, fake_machine, tiny_model_dir):
+    folder = tiny_model_dir("llama")
+    sizes = {o["quant"] or o["dtype"]: o["size_bytes"] for o in tune_json(capsys, "-m", folder)["options"]}
+    # (64-wide rows hold no 256-element super-block, so Q2K falls back to Q4_0 there.)
+    assert sizes["f32"] > sizes["bf16"] == sizes["f16"] > sizes["q8_0"] > sizes["q4_0"] == sizes["q2k"]
+    # A GPU smaller than the f32 model but with RAM to spill into: f32 is Hybrid, the rest fit.
+    weights = sizes["f32"]
+    fake_machine(Machine("cuda", "Small GPU", weights, weights - 1, offload_bytes=10 * weights))
+    statuses = {o["quant"] or o["dtype"]: o["status"] for o in tune_json(capsys, "-m", folder)["options"]}
+    assert statuses["f32"] == "hybrid" and statuses["q4k"] == "fits"
+    # No GPU and too little RAM for anything.
+    fake_machine(Machine("cpu", "Tiny", 1024, 1024))
+    data = tune_json(capsys, "-m", folder)
+    assert {o["status"] for o in data["options"]} == {"too_large"} and data["recommended"] is None
+
+
+def test_table_rendering(capsys, fake_machine, tiny_model_dir):
+    folder = tiny_model_dir("qwen3")
+    code, out, err = cli(capsys, "tune", "-m", folder)
+    assert code == 0, err
+    for text in ("Tuning Analysis", "Profile: Balanced", "Total VRAM: 24.00 GB", "Quantization Options",
+                 "Quant", "Est. Size", "VRAM %", "Context Room", "Quality", "Status", "None (F32)", "Q4K",
+                 "Near-lossless", "🚀 Recommended", "✅ Fits", "512 (max)", "Recommended Command",
+                 f"mistralrs serve -m {folder} --isq q8_0", "[INFO] PagedAttention"):
+        assert text in out, text
+    assert out.count("🚀 Recommended") == 1
+
+
+def test_k_quants_fall_back_per_tensor(capsys, fake_machine, tiny_model_dir):
+    # The fixtures' 64-wide rows are not whole 256-element super-blocks: Q4K falls back to Q5_0
+    # (5.5 bits) everywhere, so it weighs exactly what Q5_0 does.
+    sizes = {o["quant"]: o["size_bytes"] for o in tune_json(capsys, "-m", tiny_model_dir("llama"))["options"]}
+    assert sizes["q4k"] == sizes["q5_0"] and sizes["q6k"] == sizes["q8_0"]
+
+
+def test_emit_config_is_read_back_by_from_config(capsys, fake_machine, tiny_model_dir, tmp_path):
+    folder = tiny_model_dir("qwen3")
+    path = tmp_path / "tuned.toml"
+    code, out, err = cli(capsys, "tune", "-m", folder, "--backend", "mlx", "--emit-config", str(path))
+    assert code == 0 and "tuned.toml" in err, err
+    config = read_config_file(path)
+    assert config.command == "serve" and config.server.port == 1234 and len(config.models) == 1
+    opts = config.models[0].opts
+    assert (opts.model_id, opts.backend, opts.isq, opts.dtype) == (folder, "mlx", "afq8", "auto")
+    # The quality pick (no ISQ) passes every check `from-config` makes before loading.
+    cli(capsys, "tune", "-m", folder, "--profile", "quality", "--emit-config", str(path))
+    model = read_config_file(path).models[0]
+    check_loading_options(model.opts, model.kind)
+    assert model.opts.isq is None
+    assert load_model(model.opts).model_id == folder  # and it loads as the file says
+
+
+def test_bad_input_is_one_line_and_exit_2(capsys, fake_machine, tiny_model_dir, tmp_path):
+    folder = tiny_model_dir("qwen3")
+    assert "--profile" in one_error_line(capsys, "tune", "-m", folder, "--profile", "slow")
+    line = one_error_line(capsys, "tune", "-m", folder, "--emit-config", str(tmp_path / "missing" / "x.toml"))
+    assert "--emit-config" in line and "x.toml" in line
+    assert "config.json" in one_error_line(capsys, "tune", "-m", str(tmp_path))
+    fake_machine(Machine("cpu", "Tiny", 1024, 1024))
+    assert "fits" in one_error_line(capsys, "tune", "-m", folder, "--emit-config", str(tmp_path / "x.toml"))
+
+
+def test_real_machine_end_to_end(tiny_model_dir):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "mistralrs.cli.main", "tune", "-m", tiny_model_dir("qwen3"), "--json"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["machine"]["kind"] in ("cuda", "metal", "cpu") and data["machine"]["memory_bytes"] > 0
+    assert len(data["options"]) == 3 + len(quantized_types(data["backend"]))
+
+
+# ---- the estimate against a real load ---------------------------------------------------------
+
+ESTIMATE_TOLERANCE = 0.15
+
+
+@pytest.fixture(scope="module")
+def weighty_model(tmp_path_factory, tiny_tokenizer_dir) -> str:
+    # 76M parameters in bf16 (152 MB): the weights, not the runtime, decide the measure.
+    folder = str(tmp_path_factory.mktemp("weighty-qwen3"))
+    return write_sized_qwen3(folder, tiny_tokenizer_dir, hidden=768, layers=12, intermediate=2048,
+                             heads=12, kv_heads=4, vocab=512)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="measures Linux's RssAnon")
+def test_estimate_matches_measured_memory(weighty_model, backend):
+    estimated = estimated_load_bytes(weighty_model, backend)
+    measured = measured_load_bytes(weighty_model, backend)
+    assert abs(estimated - measured) <= ESTIMATE_TOLERANCE * measured, (estimated, measured)
+
+
+BENCH_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench-models", "bench-qwen3")
+
+
+@pytest.mark.skipif(not os.path.isdir(BENCH_MODEL) or not os.path.exists("/proc/self/status"),
+                    reason="needs bench-models/bench-qwen3 (../shared/bench/make_models.py) and Linux's RssAnon")
+def test_estimate_matches_the_benchmark_model(backend):
+    # The 134.5M-parameter benchmark model (bf16, 49,152-token vocabulary, 576-wide rows).
+    estimated = estimated_load_bytes(BENCH_MODEL, backend)
+    measured = measured_load_bytes(BENCH_MODEL, backend)
+    assert abs(estimated - measured) <= ESTIMATE_TOLERANCE * measured, (estimated, measured)
