@@ -174,9 +174,12 @@ def weighty_model(tmp_path_factory, tiny_tokenizer_dir) -> str:
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="measures Linux's RssAnon")
-def test_estimate_matches_measured_memory(weighty_model, backend):
-    estimated = estimated_load_bytes(weighty_model, backend)
-    measured = measured_load_bytes(weighty_model, backend)
+@pytest.mark.parametrize("quant", [None, "q8_0", "q4k"])
+def test_estimate_matches_measured_memory(weighty_model, backend, quant):
+    if backend == "mlx" and quant:
+        quant = {"q8_0": "afq8", "q4k": "afq4"}[quant]  # tune offers MLX's own types there
+    estimated = estimated_load_bytes(weighty_model, backend, quant)
+    measured = measured_load_bytes(weighty_model, backend, quant)
     assert abs(estimated - measured) <= ESTIMATE_TOLERANCE * measured, (estimated, measured)
 
 

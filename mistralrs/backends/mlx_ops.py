@@ -132,6 +132,9 @@ class MlxOps(Ops):
     def prepare_quantized_linear(self, weight):
         return mlx_quant.prepare(weight, _DTYPES[self.compute_dtype])
 
+    def prepare_quantized_embedding(self, weight):
+        return mlx_quant.prepare(weight, _DTYPES[self.compute_dtype])
+
     def quantized_layout(self, weight):
         return mlx_quant.layout(weight)
 
@@ -144,6 +147,8 @@ class MlxOps(Ops):
         return mx.addmm(bias, x, w)
 
     def embedding(self, ids, table):
+        if isinstance(table, mlx_quant.QuantizedWeight):
+            return table.rows(ids)
         return table[ids]
 
     def rms_norm(self, x, weight, eps):

@@ -49,6 +49,11 @@ class QuantizedWeight:
         self.weight, self.scales, self.biases = weight, scales, biases
         self.group_size, self.bits = group_size, bits
 
+    def rows(self, ids):
+        """Embedding lookup: gather the packed rows, then dequantize only those."""
+        return mx.dequantize(self.weight[ids], self.scales[ids], self.biases[ids],
+                             group_size=self.group_size, bits=self.bits)
+
     def __call__(self, x, bias):
         y = mx.quantized_matmul(x, self.weight, self.scales, self.biases, transpose=True,
                                 group_size=self.group_size, bits=self.bits)

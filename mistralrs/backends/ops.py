@@ -91,6 +91,10 @@ class Ops(ABC):
         """
         return self.prepare_linear(self.asarray(weight.dequantize(), self.compute_dtype))
 
+    def prepare_quantized_embedding(self, weight: QuantizedTensor) -> Tensor:
+        """Like `prepare_quantized_linear`, but also usable by `embedding` for row lookups."""
+        return self.asarray(weight.dequantize(), self.compute_dtype)
+
     def quantized_layout(self, weight: QuantizedTensor) -> str | None:
         """How `prepare_quantized_linear` will run this format when not exactly, for the load log."""
         return None

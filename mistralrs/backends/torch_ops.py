@@ -98,6 +98,11 @@ class TorchOps(Ops):
         dense = torch_quant.prepare_dense(weight, _DTYPES[self.compute_dtype], self.torch_device)
         return self.prepare_linear(dense)
 
+    def prepare_quantized_embedding(self, weight):
+        if self.torch_device.type == "cpu":
+            return torch_quant.Int8Weight(weight)  # rows of int8 are cheap to gather
+        return torch_quant.prepare_dense(weight, _DTYPES[self.compute_dtype], self.torch_device)
+
     def quantized_layout(self, weight):
         if self.torch_device.type != "cpu":
             return f"dequantized to the compute dtype on {self.device} (no CUDA quantized kernel yet)"
@@ -122,6 +127,8 @@ class TorchOps(Ops):
         return F.linear(x, weight, bias)
 
     def embedding(self, ids, table):
+        if isinstance(table, torch_quant.Int8Weight):
+            return table.rows(ids).to(_DTYPES[self.compute_dtype])
         return F.embedding(ids, table)
 
     def rms_norm(self, x, weight, eps):

@@ -104,6 +104,10 @@ class Int8Weight:
         self.values = torch.from_numpy(values)
         self.scales = torch.from_numpy(scales).to(COMPUTE)
 
+    def rows(self, ids):
+        """Embedding lookup: the dequantized rows `ids` (bfloat16)."""
+        return self.values[ids].to(COMPUTE) * self.scales[ids][..., None]
+
     def __call__(self, x, bias):
         rows = x.reshape(-1, self.in_features).to(COMPUTE)
         if rows.shape[0] >= DENSE_FROM_ROWS:

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from mistralrs.backends.ops import Ops
-from mistralrs.models.base import Linear, Missing, Module
+from mistralrs.models.base import Embedding, Linear, Module
 from mistralrs.quant.isq import IsqType, TensorPlan, plan_tensor
 from mistralrs.quant.safetensors_io import FLOAT_DTYPES, SafetensorsFile
 
@@ -33,8 +33,9 @@ class IsqPlan:
         self.notes: dict[str, None] = {}  # ordered set
         self.targets: dict[str, bool] = {}  # name -> is the output head
         for name, owner, attr in model.weight_slots():
-            if isinstance(owner, Linear) and attr == "weight":
-                self.targets[name] = name.split(".")[0] == "lm_head"
+            if isinstance(owner, (Linear, Embedding)) and attr == "weight":
+                # The head and the embedding table (which a tied head shares) get the promoted type.
+                self.targets[name] = isinstance(owner, Embedding) or name.split(".")[0] == "lm_head"
 
     def for_tensor(self, name: str, shape: tuple[int, ...]) -> TensorPlan | None:
         if name not in self.targets or len(shape) != 2:
@@ -96,14 +97,3 @@ def _ordered_pool(fn, items: Iterable, workers: int = 2, window: int = 4):
                 yield pending.pop(0).result()
         for future in pending:
             yield future.result()
-
-
-def quantize_tied_head(model: Module, plan: IsqPlan) -> None:
-    """A tied output head gets its own quantized copy; the embedding table stays as it is for lookups."""
-    head = getattr(model, "lm_head", None)
-    if head is None or not isinstance(head.weight, Missing):
-        return
-    table = model.model.embed_tokens.weight
-    q = plan.quantize("lm_head.weight", plan.ops.to_numpy(plan.ops.astype(table, "float32")))
-    if q is not None:
-        head.weight = q

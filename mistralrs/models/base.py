@@ -99,7 +99,13 @@ def fuse_linears(ops: Ops, parts: list[Linear]) -> Linear:
 class Embedding(Module):
     def __init__(self, ops: Ops, vocab_size: int, dim: int):
         super().__init__(ops)
+        self.dim = dim
         self.weight = Missing((vocab_size, dim))
+
+    def finalize(self) -> None:
+        if isinstance(self.weight, QUANTIZED):
+            # One quantized table serves both row lookups and, when tied, the output head.
+            self.weight = self.ops.prepare_quantized_embedding(self.weight)
 
     def __call__(self, ids: Tensor) -> Tensor:
         return self.ops.embedding(ids, self.weight)

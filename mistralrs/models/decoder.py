@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mistralrs.backends.ops import Ops, Tensor
-from mistralrs.models.base import Embedding, Linear, Missing, Module, RMSNorm
+from mistralrs.models.base import QUANTIZED, Embedding, Linear, Missing, Module, RMSNorm
 from mistralrs.models.cache import KVCache
 from mistralrs.models.layers import Attention, AttentionSpec, GatedMLP
 
@@ -88,7 +88,13 @@ class CausalLM(Module):
 
     def finalize(self) -> None:
         if isinstance(self.lm_head.weight, Missing):
-            self.lm_head.weight = self.model.embed_tokens.weight
+            table = self.model.embed_tokens.weight
+            if isinstance(table, QUANTIZED):
+                # Share the quantized table as the head rather than packing a second copy.
+                self.model.finalize()
+                self.lm_head.weight = self.model.embed_tokens.weight
+                return
+            self.lm_head.weight = table
         super().finalize()
 
     def make_caches(self) -> list[KVCache]:

@@ -43,8 +43,8 @@ class Gemma3Body(DecoderBody):
     def finalize(self) -> None:
         super().finalize()
         # HF multiplies by sqrt(hidden) cast to the weight dtype; keep the same rounding.
-        dtype = self.ops.dtype_name(self.embed_tokens.weight)
-        scale = self.ops.asarray([math.sqrt(self.embed_tokens.weight.shape[1])], "float32")
+        dtype = self.ops.compute_dtype  # the table may be quantized; its lookups come out in this dtype
+        scale = self.ops.asarray([math.sqrt(self.embed_tokens.dim)], "float32")
         self.embed_scale = self.ops.astype(scale, dtype)
 
     def embed(self, ids: Tensor) -> Tensor:
