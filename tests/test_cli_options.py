@@ -174,7 +174,6 @@ UNBUILT_ARGS = {
     "search_embedding_model": ["--search-embedding-model", "embedding-gemma"],
     "imatrix": ["--imatrix", "imatrix.dat"],
     "calibration_file": ["--calibration-file", "calib.txt"],
-    "from_uqff": ["--from-uqff", "q4k-0.uqff"],
     "gqa": ["--gqa", "8"],
     "paged_attn": ["--paged-attn", "on"],
     "pa_context_len": ["--pa-context-len", "8192"],

@@ -82,6 +82,7 @@ def load_model(opts: Options) -> LLM:
         threads=opts.get("threads"),
         isq=opts.get("isq"),
         isq_organization=opts.get("isq_organization") or "default",
+        from_uqff=opts.get("from_uqff"),
         # The default 4096 sizes device mapping; only a typed --max-seq-len overrides the model's context.
         max_seq_len=opts.max_seq_len if opts.given("max_seq_len") else None,
         progress=True,

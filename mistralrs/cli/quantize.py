@@ -1,14 +1,16 @@
-"""`mistralrs quantize`: write UQFF files (not built yet: exits 2 naming it)."""
+"""`mistralrs quantize`: write UQFF files, one shard set per quantization type."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
 
 from mistralrs.cli.options import GLOBAL, MODEL_SOURCE, ModelType, ModelTypeArgument, Options, with_options
-from mistralrs.cli.unbuilt import refuse_unbuilt_command
+from mistralrs.cli.token_source import DEFAULT_TOKEN_SOURCE
+from mistralrs.cli.unbuilt import refuse_unbuilt_options
 
 PANEL = "Quantization"
 
@@ -40,4 +42,29 @@ def quantize(
     opts: Options,
 ) -> None:
     """Generate UQFF quantized model file(s)."""
-    refuse_unbuilt_command("quantize")
+    refuse_unbuilt_options({"imatrix": imatrix, "calibration_file": calibration_file})
+    from mistralrs.engine.uqff_export import export_uqff
+
+    live = sys.stderr.isatty()
+
+    def report(message: str) -> None:
+        if live:
+            typer.echo("\r\033[2K" + message, nl=False, err=True)
+
+    token_source = opts.get("token_source") or DEFAULT_TOKEN_SOURCE
+    hf_cache = opts.get("hf_cache")
+    result = export_uqff(
+        opts.model_id, split_levels(isq), output, backend=opts.get("backend") or "auto", arch=opts.get("arch"),
+        hf_cache=str(hf_cache) if hf_cache else None, token=token_source.resolve(),
+        isq_organization=isq_organization or "default", readme=not no_readme, report=report,
+    )
+    if live:
+        typer.echo("\r\033[2K", nl=False, err=True)
+    for note in result.notes:
+        typer.echo(f"note: {note}", err=True)
+    for quant, shards in result.sets.items():
+        typer.echo(f"{quant}: {', '.join(str(p) for p in shards)}")
+    if result.readme is not None:
+        typer.echo(f"Model card: {result.readme}")
+        typer.echo("Upload with:\n  huggingface-cli upload <your-username>/"
+                   f"{result.folder.name} {result.folder} --repo-type model")

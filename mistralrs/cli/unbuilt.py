@@ -29,7 +29,6 @@ UNBUILT_OPTIONS: dict[str, UnbuiltOption] = {
     # quantization
     "imatrix": UnbuiltOption("--imatrix", "imatrix quantization"),
     "calibration_file": UnbuiltOption("--calibration-file", "imatrix quantization"),
-    "from_uqff": UnbuiltOption("--from-uqff", "loading UQFF files"),
     "gqa": UnbuiltOption("--gqa", "GGML models", (1,)),
     # paged attention
     "paged_attn": UnbuiltOption("--paged-attn", "PagedAttention", ("auto", "off")),
@@ -57,9 +56,7 @@ UNBUILT_OPTIONS: dict[str, UnbuiltOption] = {
     "mcp_config": UnbuiltOption("--mcp-config", "MCP tool servers"),
 }
 
-UNBUILT_COMMANDS: dict[str, str] = {
-    "quantize": "UQFF generation",
-}
+UNBUILT_COMMANDS: dict[str, str] = {}
 
 UNBUILT_MODEL_TYPES: dict[str, str] = {
     "vision": "vision models",

@@ -32,7 +32,7 @@ from mistralrs.engine.source import ModelSource, resolve_source
 from mistralrs.engine.stop import StopStrings
 from mistralrs.engine.weights import load_into, read_safetensors, safetensors_files
 from mistralrs.errors import ModelLoadError, UserError
-from mistralrs.models.base import Embedding, Linear
+from mistralrs.models.base import QUANTIZED, Embedding, Linear
 from mistralrs.models.registry import build_model, resolve_architecture
 from mistralrs.quant import ggml_blocks
 from mistralrs.quant.qtensor import GgmlTensor
@@ -72,6 +72,7 @@ def load(
     prefill_chunk: int = 1024,
     isq: str | int | None = None,
     isq_organization: str = "default",
+    from_uqff: str | None = None,
     progress: bool = False,
 ) -> LLM:
     """Load a model for generation.
@@ -79,6 +80,7 @@ def load(
     model_id: a local HF folder, a .gguf file, a built-in alias ("smollm2"), or a hub repo id.
     dtype: auto (the checkpoint's), bf16, f16 or f32. backend: auto, torch or mlx.
     isq: quantize the projections while loading ("q4k", "q8_0", "afq4", or a level 2-8).
+    from_uqff: UQFF file(s) with the quantized layers (`;`-separated; shards are found).
     """
     if dtype not in DTYPE_NAMES:
         raise UserError(f"Unknown --dtype `{dtype}`: use auto, bf16, f16 or f32.", param="dtype")
@@ -116,6 +118,9 @@ def load(
         tok = Tokenizer.from_dir(tok_folder, tokenizer_json=tokenizer)
         template = template_for(tok)
     status = _Status(progress)
+    if from_uqff and (isq_type is not None or source.is_gguf):
+        raise UserError("--from-uqff loads layers quantized ahead of time; it cannot be combined with "
+                        "--isq or a GGUF file. Pick one way to get a quantized model.", param="from_uqff")
     if source.is_gguf and isq_type is not None:
         raise UserError("--isq quantizes a float checkpoint while loading; this GGUF file is already "
                         "quantized and runs as it is. Drop --isq, or pass the Hugging Face folder.", param="isq")
@@ -125,7 +130,7 @@ def load(
             tok = gguf_tok or Tokenizer.from_dir(tok_folder)  # the latter raises a clear error
             template = template_for(tok)
     else:
-        loaded = _load_folder(ops, source, config, arch_key, DTYPE_NAMES[dtype], status, isq_type)
+        loaded = _load_folder(ops, source, config, arch_key, DTYPE_NAMES[dtype], status, isq_type, from_uqff)
     generation_defaults = _generation_defaults(source.folder if not source.is_gguf else None)
     status.done()
     return LLM(
@@ -214,14 +219,27 @@ def _resolve_dtype(requested: str, config: dict, ops: Ops) -> str:
 
 
 def _load_folder(ops: Ops, source: ModelSource, config: dict, key: str, dtype: str, status: _Status,
-                 isq=None) -> LoadedModel:
+                 isq=None, from_uqff: str | None = None) -> LoadedModel:
     folder = source.folder
     dtype = _resolve_dtype(dtype, config, ops)
-    if isq is not None and dtype == "float32" and ops.name == "torch" and ops.device == "cpu":
+    quantized = isq is not None or from_uqff
+    if quantized and dtype == "float32" and ops.name == "torch" and ops.device == "cpu":
         # torch's packed integer kernels are fast only with bfloat16 activations.
         dtype = "bfloat16"
     ops.compute_dtype = dtype
     model = build_model(config, ops, key)
+    if from_uqff:
+        from mistralrs.engine.uqff_loading import open_for_model, uqff_batches
+
+        reader = open_for_model(from_uqff, folder, model)
+        status.update(f"Loading {reader.files[0].name}")
+        load_into(model, uqff_batches(ops, reader, folder, dtype), model.sanitize)
+        notes = {f"{w.label}: {ops.quantized_layout(w)}" for _, owner, attr in model.weight_slots()
+                 if isinstance(w := getattr(owner, attr), QUANTIZED) and ops.quantized_layout(w)}
+        for note in sorted(notes):
+            status.note(f"UQFF {note}")
+        _finalize(ops, model)
+        return LoadedModel(model, config, key, dtype)
     files = safetensors_files(folder)
     if isq is None:
         def report(done, total):

@@ -26,9 +26,9 @@ Report = Callable[[str], None]
 class IsqPlan:
     """Which checkpoint tensors get quantized and to what; collects notes for the load log."""
 
-    def __init__(self, model: Module, isq: IsqType, ops: Ops, imatrix: dict[str, np.ndarray] | None = None):
+    def __init__(self, model: Module, isq: IsqType, ops: Ops | None, imatrix: dict[str, np.ndarray] | None = None):
         self.isq = isq
-        self.ops = ops
+        self.ops = ops  # None: not loading onto a backend (writing files), so no kernel notes
         self.imatrix = imatrix or {}
         self.notes: dict[str, None] = {}  # ordered set
         self.targets: dict[str, bool] = {}  # name -> is the output head
@@ -50,7 +50,7 @@ class IsqPlan:
         if plan is None or plan.target is None:
             return None
         q = plan.target.quantize(values, self.imatrix.get(name))
-        layout = self.ops.quantized_layout(q)
+        layout = self.ops.quantized_layout(q) if self.ops is not None else None
         if layout:
             self.notes[f"{q.label} is {layout}"] = None
         return q

@@ -368,7 +368,7 @@ def stored_label(value: QuantizedTensor | np.ndarray) -> str:
 def report_output(
     quant: str,
     shards: Sequence[str | os.PathLike],
-    layers: Mapping[str, QuantizedTensor | np.ndarray],
+    layers: Mapping[str, QuantizedTensor | np.ndarray | tuple[str, Sequence[int]]],
     *,
     targets: Mapping[str, str] | None = None,
     fallbacks: Sequence[Mapping] = (),
@@ -380,9 +380,10 @@ def report_output(
     targets = targets or {}
     details, counts = [], Counter()
     for key, value in layers.items():
-        label = stored_label(value)
+        # A (label, shape) pair stands for a layer already written and no longer in memory.
+        label, shape = (value[0], list(value[1])) if isinstance(value, tuple) else (stored_label(value),
+                                                                                    list(value.shape))
         counts[label] += 1
-        shape = list(value.shape)
         details.append({"module": key, "default_target": quant, "resolved_target": targets.get(key, quant),
                         "stored": label, "shape": shape})
     out = {"quant": quant, "shards": [Path(s).name for s in shards], "layers": len(details),
