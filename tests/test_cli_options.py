@@ -172,8 +172,6 @@ UNBUILT_ARGS = {
     "prefix_cache_n": ["--prefix-cache-n", "4"],
     "enable_search": ["--enable-search"],
     "search_embedding_model": ["--search-embedding-model", "embedding-gemma"],
-    "imatrix": ["--imatrix", "imatrix.dat"],
-    "calibration_file": ["--calibration-file", "calib.txt"],
     "gqa": ["--gqa", "8"],
     "paged_attn": ["--paged-attn", "on"],
     "pa_context_len": ["--pa-context-len", "8192"],

@@ -152,3 +152,52 @@ def test_isq_on_a_gguf_is_refused(backend, tmp_path):
     fake.write_bytes(b"GGUF" + bytes(60))
     with pytest.raises(UserError):
         load(str(fake), backend=backend, cpu=True, isq="q4k")
+
+
+# ---- importance matrices ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def k_quant_model(tmp_path_factory, tiny_tokenizer_dir) -> str:
+    """A one-layer Qwen3 with 256-wide rows, so q4k applies to every projection."""
+    from memory_check import write_sized_qwen3
+
+    folder = str(tmp_path_factory.mktemp("qwen3-h256"))
+    return write_sized_qwen3(folder, tiny_tokenizer_dir, hidden=256, layers=1, intermediate=512, heads=4,
+                             kv_heads=2, vocab=512)
+
+
+def test_calibration_and_imatrix_files_reach_the_k_quant_quantizer(backend, tmp_path, k_quant_model):
+    from mistralrs.quant.imatrix import read_imatrix, write_legacy_imatrix
+
+    text = tmp_path / "calibration.txt"
+    text.write_text("def quantize(weights):\n    return [round(w) for w in weights]\n" * 40)
+    plain = load(k_quant_model, backend=backend, cpu=True, isq="q4k")
+    calibrated = load(k_quant_model, backend=backend, cpu=True, isq="q4k", calibration_file=str(text))
+    ids = plain.encode("def f(x): return x")
+    assert not np.array_equal(_logits(plain, ids), _logits(calibrated, ids))
+    # llama.cpp's legacy file: names mapped from blk.N.*, values stored as mean * ncall.
+    entries = {"blk.0.attn_q.weight": np.linspace(0.5, 2.0, 256, dtype=np.float32)}
+    write_legacy_imatrix(tmp_path / "imatrix.dat", entries, ncall=7)
+    read = read_imatrix(tmp_path / "imatrix.dat", "qwen3")
+    assert np.allclose(read["model.layers.0.self_attn.q_proj.weight"], entries["blk.0.attn_q.weight"])
+    from_file = load(k_quant_model, backend=backend, cpu=True, isq="q4k", imatrix=str(tmp_path / "imatrix.dat"))
+    assert not np.array_equal(_logits(plain, ids), _logits(from_file, ids))
+
+
+def test_imatrix_weights_the_k_quant_search():
+    w = _matrix(rows=8, cols=256)
+    importance = np.ones(256, np.float32)
+    importance[:32] = 100.0
+    plain = IsqType("q4k").quantize(w)
+    weighted = IsqType("q4k").quantize(w, importance)
+    error = lambda q: ((q.dequantize() - w)[:, :32] ** 2).mean()  # noqa: E731
+    assert error(weighted) < error(plain)  # the important columns are kept more precisely
+
+
+def test_malformed_imatrix_is_rejected_with_its_path(backend, tmp_path, tiny_model_dir):
+    bad = tmp_path / "broken.dat"
+    bad.write_bytes(b"\x05\x00\x00\x00garbage")
+    with pytest.raises(UserError, match="broken.dat"):
+        load(tiny_model_dir("llama"), backend=backend, cpu=True, isq="q4k", imatrix=str(bad))
+    with pytest.raises(UserError, match="--isq"):
+        load(tiny_model_dir("llama"), backend=backend, cpu=True, imatrix=str(bad))

@@ -83,6 +83,8 @@ def load_model(opts: Options) -> LLM:
         isq=opts.get("isq"),
         isq_organization=opts.get("isq_organization") or "default",
         from_uqff=opts.get("from_uqff"),
+        imatrix=str(opts.get("imatrix")) if opts.get("imatrix") else None,
+        calibration_file=str(opts.get("calibration_file")) if opts.get("calibration_file") else None,
         # The default 4096 sizes device mapping; only a typed --max-seq-len overrides the model's context.
         max_seq_len=opts.max_seq_len if opts.given("max_seq_len") else None,
         progress=True,

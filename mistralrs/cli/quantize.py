@@ -10,7 +10,6 @@ import typer
 
 from mistralrs.cli.options import GLOBAL, MODEL_SOURCE, ModelType, ModelTypeArgument, Options, with_options
 from mistralrs.cli.token_source import DEFAULT_TOKEN_SOURCE
-from mistralrs.cli.unbuilt import refuse_unbuilt_options
 
 PANEL = "Quantization"
 
@@ -42,7 +41,6 @@ def quantize(
     opts: Options,
 ) -> None:
     """Generate UQFF quantized model file(s)."""
-    refuse_unbuilt_options({"imatrix": imatrix, "calibration_file": calibration_file})
     from mistralrs.engine.uqff_export import export_uqff
 
     live = sys.stderr.isatty()
@@ -57,6 +55,7 @@ def quantize(
         opts.model_id, split_levels(isq), output, backend=opts.get("backend") or "auto", arch=opts.get("arch"),
         hf_cache=str(hf_cache) if hf_cache else None, token=token_source.resolve(),
         isq_organization=isq_organization or "default", readme=not no_readme, report=report,
+        imatrix=str(imatrix) if imatrix else None, calibration_file=str(calibration_file) if calibration_file else None,
     )
     if live:
         typer.echo("\r\033[2K", nl=False, err=True)

@@ -27,8 +27,6 @@ UNBUILT_OPTIONS: dict[str, UnbuiltOption] = {
     "enable_search": UnbuiltOption("--enable-search", "web search"),
     "search_embedding_model": UnbuiltOption("--search-embedding-model", "web search"),
     # quantization
-    "imatrix": UnbuiltOption("--imatrix", "imatrix quantization"),
-    "calibration_file": UnbuiltOption("--calibration-file", "imatrix quantization"),
     "gqa": UnbuiltOption("--gqa", "GGML models", (1,)),
     # paged attention
     "paged_attn": UnbuiltOption("--paged-attn", "PagedAttention", ("auto", "off")),

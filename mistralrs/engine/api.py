@@ -73,6 +73,8 @@ def load(
     isq: str | int | None = None,
     isq_organization: str = "default",
     from_uqff: str | None = None,
+    imatrix: str | None = None,
+    calibration_file: str | None = None,
     progress: bool = False,
 ) -> LLM:
     """Load a model for generation.
@@ -81,6 +83,8 @@ def load(
     dtype: auto (the checkpoint's), bf16, f16 or f32. backend: auto, torch or mlx.
     isq: quantize the projections while loading ("q4k", "q8_0", "afq4", or a level 2-8).
     from_uqff: UQFF file(s) with the quantized layers (`;`-separated; shards are found).
+    imatrix / calibration_file: weight the quantization error by an importance matrix, read
+    from llama.cpp's file or computed by running the full-precision model over a text.
     """
     if dtype not in DTYPE_NAMES:
         raise UserError(f"Unknown --dtype `{dtype}`: use auto, bf16, f16 or f32.", param="dtype")
@@ -118,6 +122,12 @@ def load(
         tok = Tokenizer.from_dir(tok_folder, tokenizer_json=tokenizer)
         template = template_for(tok)
     status = _Status(progress)
+    if (imatrix or calibration_file) and isq_type is None:
+        raise UserError("--imatrix and --calibration-file weight in-situ quantization; add --isq "
+                        "(e.g. --isq q4k).", param="imatrix" if imatrix else "calibration_file")
+    if imatrix and calibration_file:
+        raise UserError("--imatrix and --calibration-file both give the importance matrix; use one.",
+                        param="imatrix")
     if from_uqff and (isq_type is not None or source.is_gguf):
         raise UserError("--from-uqff loads layers quantized ahead of time; it cannot be combined with "
                         "--isq or a GGUF file. Pick one way to get a quantized model.", param="from_uqff")
@@ -130,7 +140,17 @@ def load(
             tok = gguf_tok or Tokenizer.from_dir(tok_folder)  # the latter raises a clear error
             template = template_for(tok)
     else:
-        loaded = _load_folder(ops, source, config, arch_key, DTYPE_NAMES[dtype], status, isq_type, from_uqff)
+        importance = None
+        if imatrix:
+            from mistralrs.models.registry import ARCHITECTURES
+            from mistralrs.quant.imatrix import read_imatrix
+
+            importance = read_imatrix(imatrix, ARCHITECTURES[arch_key])
+        elif calibration_file:
+            importance = _calibrate(ops, source, config, arch_key, DTYPE_NAMES[dtype], status, tok,
+                                    calibration_file)
+        loaded = _load_folder(ops, source, config, arch_key, DTYPE_NAMES[dtype], status, isq_type, from_uqff,
+                              importance)
     generation_defaults = _generation_defaults(source.folder if not source.is_gguf else None)
     status.done()
     return LLM(
@@ -218,8 +238,30 @@ def _resolve_dtype(requested: str, config: dict, ops: Ops) -> str:
     return stored
 
 
+def _calibrate(ops: Ops, source: ModelSource, config: dict, key: str, dtype: str, status: _Status, tok,
+               calibration_file: str) -> dict:
+    """The importance matrix of `calibration_file`'s text under the full-precision model."""
+    from mistralrs.engine.calibration import collect_imatrix
+
+    try:
+        with open(calibration_file, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"Cannot read the calibration file {calibration_file}: {exc}. Give a UTF-8 text file.",
+                        param="calibration_file") from None
+    ids = tok.encode(text, add_special_tokens=False)
+    if len(ids) < 16:
+        raise UserError(f"The calibration file {calibration_file} has {len(ids)} tokens; give at least a few "
+                        "paragraphs of text like the model's real input.", param="calibration_file")
+    full = _load_folder(ops, source, config, key, dtype, status)
+    status.update(f"Calibrating on {len(ids)} tokens of {os.path.basename(calibration_file)}")
+    importance = collect_imatrix(full.model, ops, ids)
+    del full
+    return importance
+
+
 def _load_folder(ops: Ops, source: ModelSource, config: dict, key: str, dtype: str, status: _Status,
-                 isq=None, from_uqff: str | None = None) -> LoadedModel:
+                 isq=None, from_uqff: str | None = None, importance: dict | None = None) -> LoadedModel:
     folder = source.folder
     dtype = _resolve_dtype(dtype, config, ops)
     quantized = isq is not None or from_uqff
@@ -249,7 +291,7 @@ def _load_folder(ops: Ops, source: ModelSource, config: dict, key: str, dtype: s
     else:
         from mistralrs.engine.isq_loading import IsqPlan, quantized_batches
 
-        plan = IsqPlan(model, isq, ops)
+        plan = IsqPlan(model, isq, ops, importance)
         load_into(model, quantized_batches(ops, files, plan, dtype, model.sanitize, status.update),
                   lambda weights: weights)
         for note in plan.notes:

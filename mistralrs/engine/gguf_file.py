@@ -429,6 +429,11 @@ def _hf_name(architecture: str, gguf_name: str) -> str | None:
     return None
 
 
+def hf_tensor_name(architecture: str, gguf_name: str) -> str | None:
+    """The checkpoint name of llama.cpp's tensor `gguf_name` (e.g. for imatrix entries), or None."""
+    return _hf_name(architecture, gguf_name)
+
+
 def _rope_row_order(rows: int, heads: int) -> np.ndarray:
     """Row indices that undo convert_hf_to_gguf's `permute` of Llama's q/k projections.
 

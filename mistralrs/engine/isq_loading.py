@@ -16,7 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from mistralrs.backends.ops import Ops
+from mistralrs.errors import UserError
 from mistralrs.models.base import Embedding, Linear, Module
+from mistralrs.quant import ggml_blocks
 from mistralrs.quant.isq import IsqType, TensorPlan, plan_tensor
 from mistralrs.quant.safetensors_io import FLOAT_DTYPES, SafetensorsFile
 
@@ -49,7 +51,14 @@ class IsqPlan:
         plan = self.for_tensor(name, values.shape)
         if plan is None or plan.target is None:
             return None
-        q = plan.target.quantize(values, self.imatrix.get(name))
+        importance = self.imatrix.get(name)
+        if importance is not None and importance.shape != (values.shape[1],):
+            raise UserError(f"The importance matrix has {importance.size} values for {name}, which has "
+                            f"{values.shape[1]} input columns: it was made for a different model.",
+                            param="imatrix")
+        if self.imatrix and plan.target.ggml_kind not in ggml_blocks.IMATRIX_KINDS:
+            self.notes[f"{plan.target.name} does not use the importance matrix (only q4k and q5k do)"] = None
+        q = plan.target.quantize(values, importance)
         layout = self.ops.quantized_layout(q) if self.ops is not None else None
         if layout:
             self.notes[f"{q.label} is {layout}"] = None

@@ -62,6 +62,7 @@ def resolve_types(levels: list[str], backend: str) -> list[IsqType]:
 def export_uqff(model_id: str, levels: list[str], output: str | os.PathLike, *, backend: str = "auto",
                 arch: str | None = None, hf_cache: str | None = None, token=None, revision: str | None = None,
                 isq_organization: str = "default", readme: bool = True, shard_limit: int = uqff.MAX_SHARD_BYTES,
+                imatrix: str | None = None, calibration_file: str | None = None,
                 report: Callable[[str], None] = lambda message: None) -> ExportResult:
     ops = get_ops(backend, cpu=True)
     types = resolve_types(levels, ops.name)
@@ -80,7 +81,9 @@ def export_uqff(model_id: str, levels: list[str], output: str | os.PathLike, *, 
                         "which is quantized already and loads as it is with -f.", param="model_id")
     folder = source.folder
     config = json.loads(Path(folder, "config.json").read_text(encoding="utf-8"))
-    model = build_model(config, ops, resolve_architecture(config, arch))
+    key = resolve_architecture(config, arch)
+    model = build_model(config, ops, key)
+    importance = _importance(folder, key, ops.name, imatrix, calibration_file)
     files = safetensors_files(folder)
     target_dir = out.parent if single_file else out
     try:
@@ -93,7 +96,7 @@ def export_uqff(model_id: str, levels: list[str], output: str | os.PathLike, *, 
     outputs = []
     residual: dict[str, np.ndarray] = {}
     for isq in types:
-        plan = IsqPlan(model, isq, None)
+        plan = IsqPlan(model, isq, None, importance)
         biases = _target_biases(files, plan)
         written: dict[str, tuple[str, tuple[int, ...]]] = {}
         layers = _quantized_layers(files, plan, model.sanitize, residual, written, report)
@@ -111,6 +114,29 @@ def export_uqff(model_id: str, levels: list[str], output: str | os.PathLike, *, 
         if readme:
             result.readme = _write_model_card(target_dir, model_id, result.sets)
     return result
+
+
+def _importance(folder: str, key: str, backend: str, imatrix: str | None, calibration_file: str | None):
+    if imatrix and calibration_file:
+        raise UserError("--imatrix and --calibration-file both give the importance matrix; use one.",
+                        param="imatrix")
+    if imatrix:
+        from mistralrs.models.registry import ARCHITECTURES
+        from mistralrs.quant.imatrix import read_imatrix
+
+        return read_imatrix(imatrix, ARCHITECTURES[key])
+    if not calibration_file:
+        return None
+    from mistralrs.engine.api import load
+    from mistralrs.engine.calibration import collect_imatrix
+
+    try:
+        text = Path(calibration_file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"Cannot read the calibration file {calibration_file}: {exc}. Give a UTF-8 text file.",
+                        param="calibration_file") from None
+    full = load(folder, backend=backend, cpu=True)
+    return collect_imatrix(full.model, full.ops, full.encode(text, add_special_tokens=False))
 
 
 def _layer_keys(outputs: list[dict]) -> set[str]:
