@@ -18,6 +18,7 @@ from memory_check import estimated_load_bytes, measured_load_bytes, write_sized_
 from mistralrs.cli.config_file import read_config_file
 from mistralrs.cli.loading import check_loading_options, load_model
 from mistralrs.cli.main import main
+from mistralrs.quant.resident import quantized_compute_dtype, resident_bits
 from mistralrs.tune import machine as machine_module
 from mistralrs.tune.machine import Machine
 from mistralrs.tune.quant_types import quantized_types
@@ -90,14 +91,21 @@ def test_profiles_pick_different_options(capsys, fake_machine, tiny_model_dir):
 
 def test_sizes_follow_bits_and_statuses_follow_memory(capsys, fake_machine, tiny_model_dir):
     folder = tiny_model_dir("llama")
+    fake_machine(Machine("cpu", "Big CPU", 64 * GiB, 60 * GiB))
     sizes = {o["quant"] or o["dtype"]: o["size_bytes"] for o in tune_json(capsys, "-m", folder)["options"]}
-    # (64-wide rows hold no 256-element super-block, so Q2K falls back to Q4_0 there.)
-    assert sizes["f32"] > sizes["bf16"] == sizes["f16"] > sizes["q8_0"] > sizes["q4_0"] == sizes["q2k"]
-    # A GPU smaller than the f32 model but with RAM to spill into: f32 is Hybrid, the rest fit.
+    # On the CPU Q8_0 runs as int8 rows, Q4_0 as int4 groups (and 64-wide rows hold no 256-element
+    # super-block, so Q2K falls back to Q4_0 there). (On a model this small, what quantizing while
+    # loading leaves behind outweighs the weights, so quantized rows are compared among themselves.)
+    assert sizes["f32"] > sizes["bf16"] == sizes["f16"] and sizes["q8_0"] > sizes["q4_0"] == sizes["q2k"]
+    # On CUDA the quantized weights are dequantized to the compute dtype (this f32 model's): no saving.
+    fake_machine(BIG_GPU)
+    sizes = {o["quant"] or o["dtype"]: o["size_bytes"] for o in tune_json(capsys, "-m", folder)["options"]}
+    assert sizes["q8_0"] == sizes["q4k"] > sizes["f32"] > sizes["bf16"]  # (+ what quantizing leaves behind)
+    # A GPU smaller than the f32 model but with RAM to spill into: f32 is Hybrid, bf16 fits.
     weights = sizes["f32"]
     fake_machine(Machine("cuda", "Small GPU", weights, weights - 1, offload_bytes=10 * weights))
     statuses = {o["quant"] or o["dtype"]: o["status"] for o in tune_json(capsys, "-m", folder)["options"]}
-    assert statuses["f32"] == "hybrid" and statuses["q4k"] == "fits"
+    assert statuses["f32"] == statuses["q4k"] == "hybrid" and statuses["bf16"] == "fits"
     # No GPU and too little RAM for anything.
     fake_machine(Machine("cpu", "Tiny", 1024, 1024))
     data = tune_json(capsys, "-m", folder)
@@ -118,7 +126,8 @@ def test_table_rendering(capsys, fake_machine, tiny_model_dir):
 
 def test_k_quants_fall_back_per_tensor(capsys, fake_machine, tiny_model_dir):
     # The fixtures' 64-wide rows are not whole 256-element super-blocks: Q4K falls back to Q5_0
-    # (5.5 bits) everywhere, so it weighs exactly what Q5_0 does.
+    # everywhere (int8 rows on the CPU), so it weighs exactly what Q5_0 does.
+    fake_machine(Machine("cpu", "Big CPU", 64 * GiB, 60 * GiB))
     sizes = {o["quant"]: o["size_bytes"] for o in tune_json(capsys, "-m", tiny_model_dir("llama"))["options"]}
     assert sizes["q4k"] == sizes["q5_0"] and sizes["q6k"] == sizes["q8_0"]
 
@@ -188,8 +197,29 @@ BENCH_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 
 @pytest.mark.skipif(not os.path.isdir(BENCH_MODEL) or not os.path.exists("/proc/self/status"),
                     reason="needs bench-models/bench-qwen3 (../shared/bench/make_models.py) and Linux's RssAnon")
-def test_estimate_matches_the_benchmark_model(backend):
-    # The 134.5M-parameter benchmark model (bf16, 49,152-token vocabulary, 576-wide rows).
-    estimated = estimated_load_bytes(BENCH_MODEL, backend)
-    measured = measured_load_bytes(BENCH_MODEL, backend)
+@pytest.mark.parametrize("quant", [None, "q8_0", "q4k"])
+def test_estimate_matches_the_benchmark_model(backend, quant):
+    # The 134.5M-parameter benchmark model (bf16, 49,152-token vocabulary, 576-wide rows: Q4K
+    # falls back to Q5_0 there, which torch runs as int8 rows).
+    if backend == "mlx" and quant:
+        quant = {"q8_0": "afq8", "q4k": "afq4"}[quant]
+    estimated = estimated_load_bytes(BENCH_MODEL, backend, quant)
+    measured = measured_load_bytes(BENCH_MODEL, backend, quant)
     assert abs(estimated - measured) <= ESTIMATE_TOLERANCE * measured, (estimated, measured)
+
+
+def test_resident_bits_follow_the_kernel_layouts():
+    # torch CPU: int4 groups with a bf16 scale and zero, or int8 rows with one bf16 scale per row.
+    assert resident_bits("Q4_K", "torch", "cpu", 4096, "bf16") == 4 + 32 / 32
+    assert resident_bits("AFQ4", "torch", "cpu", 4096, "bf16") == 4 + 32 / 64
+    for label in ("Q5_0", "Q5_K", "Q6_K", "Q8_0", "Q2_K", "Q3_K", "AFQ8"):
+        assert resident_bits(label, "torch", "cpu", 4096, "bf16") == 8 + 16 / 4096, label
+    assert resident_bits("Q4_K", "torch", "cpu", 4096, "bf16", embedding=True) == 8 + 16 / 4096
+    assert resident_bits("Q4_K", "torch", "cuda", 4096, "f16") == 16  # dequantized at load
+    # MLX: affine formats keep their bits, scale and bias in the compute dtype; 16-wide ones are requantized.
+    assert resident_bits("AFQ4", "mlx", "metal", 4096, "bf16") == 4 + 32 / 64
+    assert resident_bits("Q4_K", "mlx", "metal", 4096, "f32") == 4 + 64 / 32
+    assert resident_bits("Q6_K", "mlx", "cpu", 4096, "bf16") == 8 + 32 / 32
+    assert resident_bits("Q3_K", "mlx", "cpu", 4096, "bf16") == 6 + 32 / 32
+    assert quantized_compute_dtype("f32", "torch", "cpu") == "bf16"
+    assert quantized_compute_dtype("f32", "mlx", "cpu") == quantized_compute_dtype("f32", "torch", "cuda") == "f32"

@@ -1,9 +1,10 @@
 """What a model occupies once loaded: weights under a quantization type, plus the runtime's share.
 
-Linear (projection) weights take the type's bits per weight, or their per-tensor fallback when
-their input features do not fit the type's blocks; embeddings and the LM head take the promoted
-type; norms, biases and anything else 1-D stay at the compute dtype. A tied LM head is the
-embedding, so it is counted once.
+Linear (projection) weights take the type, or its per-tensor fallback when their input features
+do not fit the type's blocks; embeddings and the LM head take the promoted type; each is counted
+at the bits the backend's kernel layout holds it in (quant.resident), not the format's own. Norms,
+biases and anything else 1-D stay at the compute dtype. A tied LM head is the embedding, so it is
+counted once.
 """
 
 from __future__ import annotations
@@ -11,15 +12,24 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from mistralrs.quant.resident import mlx_bits, quantized_compute_dtype, resident_bits
 from mistralrs.tune.metadata import DTYPE_BYTES, ModelMetadata, TensorInfo
 from mistralrs.tune.quant_types import PROMOTED, UNQUANTIZED_BITS, QuantType, lookup, storage_type
 
-# What loading adds beyond the weights (tokenizer, chat template, RoPE tables, allocator slack),
-# calibrated on the CPU from anonymous resident memory after `load`: a 152 MB model with a
-# 512-token vocabulary took 23 MB (torch) / 35 MB (MLX) more, the 269 MB benchmark model with
-# a 49,152-token vocabulary 42 / 50 MB more. The part that grows is the tokenizer's tables.
-RUNTIME_OVERHEAD_BYTES = 28 * 1024 * 1024
-OVERHEAD_BYTES_PER_VOCAB_ENTRY = 384
+# What loading adds beyond the weights, per backend, calibrated on the CPU from anonymous resident
+# memory after `load` (which hands freed heap back with malloc_trim) on a 76M-parameter model with
+# a 512-token vocabulary and the 134.5M-parameter benchmark model with a 49,152-token one
+# (tests/test_cli_tune.py). The part that grows with the vocabulary is the tokenizer's tables;
+# the constant is the rest an unquantized load leaves resident (MLX: ~34 MB, torch: ~1 MB).
+RUNTIME_OVERHEAD_BYTES = {"torch": 1_000_000, "mlx": 34_000_000}
+OVERHEAD_BYTES_PER_VOCAB_ENTRY = {"torch": 280, "mlx": 265}
+# In-situ quantization instead churns float32 copies of every weight through worker threads, and
+# glibc keeps part of that heap in its arenas even after the trim. How much varies from load to
+# load (measured: 0.05-0.45 bytes per weight on torch; on MLX, below 8 bits, 0.05-0.7, as the
+# values are also unpacked and repacked), so these are the middle of that spread, not a bound.
+ISQ_OVERHEAD_BYTES = {"torch": 13_000_000, "mlx": 5_000_000}
+ISQ_OVERHEAD_BYTES_PER_WEIGHT = {"torch": 0.2, "mlx": 0.1}
+MLX_REPACKED_OVERHEAD_BYTES_PER_WEIGHT = 0.35  # AFQ and GGML types of fewer than 8 bits
 
 EMBEDDING = re.compile(r"(^|\.)(embed_tokens|wte|word_embeddings|tok_embeddings)\.weight$")
 HEAD = re.compile(r"(^|\.)(lm_head|output)\.weight$")
@@ -42,38 +52,60 @@ def text_config(config: dict) -> dict:
     return {**config, **nested} if isinstance(nested, dict) else config
 
 
-def estimate_size(meta: ModelMetadata, quant: QuantType, compute_dtype: str) -> Estimate:
-    """Bytes `meta`'s model takes loaded as `quant` (an unquantized type: everything at that dtype)."""
+def estimate_size(meta: ModelMetadata, quant: QuantType, compute_dtype: str, *,
+                  backend: str = "torch", device: str = "cpu") -> Estimate:
+    """Bytes `meta`'s model takes loaded as `quant` (an unquantized type: everything at that dtype)
+    on `backend` ("torch" or "mlx") and `device` ("cpu", "cuda" or "metal")."""
     # Unquantized, everything is at that dtype; quantized, what stays unquantized is at the compute dtype.
+    if quant.quantized:
+        compute_dtype = quantized_compute_dtype(compute_dtype, backend, device)
     compute_bits = UNQUANTIZED_BITS[compute_dtype] if quant.quantized else quant.bits
+    layout = (backend, device, compute_dtype)
     tied = text_config(meta.config).get("tie_word_embeddings") is True
     has_embedding = any(EMBEDDING.search(t.name) for t in meta.tensors)
     total_bits, fallbacks = 0.0, 0
     for tensor in meta.tensors:
         if HEAD.search(tensor.name) and tied and has_embedding:
             continue  # the head is the embedding
-        bits, fell_back = _tensor_bits(tensor, quant, compute_bits)
+        bits, fell_back = _tensor_bits(tensor, quant, compute_bits, layout)
         total_bits += bits
         fallbacks += fell_back
-    return Estimate(int(total_bits // 8), runtime_overhead(meta.config), fallbacks)
+    overhead = runtime_overhead(meta.config, backend)
+    if quant.quantized:  # quantizing while loading leaves its own heap behind, in place of the constant
+        overhead += isq_overhead(parameter_count(meta), backend, quant) - RUNTIME_OVERHEAD_BYTES[backend]
+    return Estimate(int(total_bits // 8), overhead, fallbacks)
 
 
-def runtime_overhead(config: dict) -> int:
+def runtime_overhead(config: dict, backend: str = "torch") -> int:
     vocab = int(text_config(config).get("vocab_size") or 0)
-    return RUNTIME_OVERHEAD_BYTES + OVERHEAD_BYTES_PER_VOCAB_ENTRY * vocab
+    return RUNTIME_OVERHEAD_BYTES[backend] + OVERHEAD_BYTES_PER_VOCAB_ENTRY[backend] * vocab
 
 
-def _tensor_bits(tensor: TensorInfo, quant: QuantType, compute_bits: float) -> tuple[float, bool]:
+def isq_overhead(parameters: int, backend: str, quant: QuantType) -> int:
+    """What quantizing while loading leaves resident beyond the quantized weights (in place of
+    RUNTIME_OVERHEAD_BYTES; the tokenizer's share is the same)."""
+    per_weight = ISQ_OVERHEAD_BYTES_PER_WEIGHT[backend]
+    if backend == "mlx" and mlx_bits(quant.format) < 8:
+        per_weight += MLX_REPACKED_OVERHEAD_BYTES_PER_WEIGHT
+    return ISQ_OVERHEAD_BYTES[backend] + int(per_weight * parameters)
+
+
+def _tensor_bits(tensor: TensorInfo, quant: QuantType, compute_bits: float,
+                 layout: tuple[str, str, str]) -> tuple[float, bool]:
     if tensor.dtype not in ("F32", "F16", "BF16", "F64"):
         return tensor.elements * DTYPE_BYTES.get(tensor.dtype, 1) * 8, False  # integer tables stay as stored
     if not quant.quantized or len(tensor.shape) < 2 or not tensor.name.endswith(".weight"):
         return tensor.elements * compute_bits, False
-    sensitive = EMBEDDING.search(tensor.name) or HEAD.search(tensor.name)
+    embedding = EMBEDDING.search(tensor.name) is not None
+    sensitive = embedding or HEAD.search(tensor.name)
     wanted = lookup(PROMOTED[quant.name]) if sensitive else quant
-    stored = storage_type(wanted.name, tensor.shape[-1])
+    in_features = tensor.shape[-1]
+    stored = storage_type(wanted.name, in_features)
     if stored is None:
         return tensor.elements * compute_bits, True
-    return tensor.elements * stored.bits, stored is not wanted
+    backend, device, compute_dtype = layout
+    bits = resident_bits(stored.format, backend, device, in_features, compute_dtype, embedding=embedding)
+    return tensor.elements * bits, stored is not wanted
 
 
 def parameter_count(meta: ModelMetadata) -> int:

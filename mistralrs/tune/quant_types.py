@@ -1,7 +1,8 @@
 """The quantization types tune weighs, per backend, with their storage cost and quality.
 
-Storage cost is bits per weight: GGML types from ggml's block sizes (bytes per block / elements
-per block), AFQ types as MLX stores them (the bits, plus a 16-bit scale and bias per group of 64).
+`bits` is the format's own storage cost: GGML types from ggml's block sizes (bytes per block /
+elements per block), AFQ types as MLX stores them (the bits, plus a 16-bit scale and bias per group
+of 64). What a loaded model holds depends on the backend's kernel layout: quant.resident.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class QuantType:
     group: int  # a quantized tensor's input features must be a multiple of this
     quality: str
     quantized: bool = True
+    format: str = ""  # the block format quant.resident takes: "Q4_K", "AFQ4" ("" unquantized)
 
     def fits(self, in_features: int) -> bool:
         return in_features % self.group == 0
@@ -30,11 +32,11 @@ class QuantType:
 
 def _ggml(name: str, kind: str, quality: str) -> QuantType:
     bits = ggml_blocks.type_size(kind) * 8 / ggml_blocks.block_size(kind)
-    return QuantType(name, name.upper(), bits, ggml_blocks.block_size(kind), quality)
+    return QuantType(name, name.upper(), bits, ggml_blocks.block_size(kind), quality, format=kind)
 
 
 def _afq(bits: int, quality: str) -> QuantType:
-    return QuantType(f"afq{bits}", f"AFQ{bits}", bits + 2 * 16 / AFQ_GROUP, AFQ_GROUP, quality)
+    return QuantType(f"afq{bits}", f"AFQ{bits}", bits + 2 * 16 / AFQ_GROUP, AFQ_GROUP, quality, format=f"AFQ{bits}")
 
 
 def unquantized(dtype: str) -> QuantType:

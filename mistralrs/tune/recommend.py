@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mistralrs.errors import UserError
+from mistralrs.quant.resident import quantized_compute_dtype
 from mistralrs.tune.estimate import (
     context_length,
     estimate_size,
@@ -86,16 +87,20 @@ def analyse(meta: ModelMetadata, machine: Machine, *, backend: str, profile: str
     # The model's own dtype first, then the other unquantized dtypes, then every quantized type.
     types = [unquantized(compute)] + [unquantized(d) for d in UNQUANTIZED_BITS if d != compute]
     types += quantized_types(backend)
-    options = [_option(meta, machine, t, compute, max_context) for t in types]
+    options = [_option(meta, machine, backend, t, compute, max_context) for t in types]
     pick = _pick(options, backend, profile, compute)
     options = [Option(o.quant, o.size_bytes, o.context_tokens, o.status, o is pick) for o in options]
     return Analysis(meta, machine, backend, profile, compute, max_context, kv, parameter_count(meta), tuple(options))
 
 
-def _option(meta: ModelMetadata, machine: Machine, quant: QuantType, compute: str, max_context: int) -> Option:
-    size = estimate_size(meta, quant, compute).total_bytes
-    # The KV cache is kept at the activations' dtype: the row's own when unquantized.
-    kv = kv_bytes_per_token(meta.config, compute if quant.quantized else quant.name)
+def _option(meta: ModelMetadata, machine: Machine, backend: str, quant: QuantType, compute: str,
+            max_context: int) -> Option:
+    device = "metal" if backend == "mlx" and machine.kind == "metal" else "cuda" if machine.kind == "cuda" else "cpu"
+    size = estimate_size(meta, quant, compute, backend=backend, device=device).total_bytes
+    # The KV cache is kept at the activations' dtype: the row's own when unquantized, and with
+    # ISQ the dtype the quantized kernels run at.
+    activations = quantized_compute_dtype(compute, backend, device) if quant.quantized else quant.name
+    kv = kv_bytes_per_token(meta.config, activations)
     room = max(0, machine.budget_bytes - size) // kv if kv else max_context
     context = min(room, max_context)
     if size <= machine.budget_bytes and context >= min(MIN_CONTEXT, max_context):

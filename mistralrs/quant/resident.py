@@ -1,0 +1,84 @@
+"""Bits per weight a quantized tensor occupies once loaded, in the backend kernel's layout.
+
+A GGML or AFQ format's own bits per weight are what the checkpoint or GGUF file stores;
+in-situ quantization hands the blocks to a backend, which re-lays them for its kernels:
+
+- torch on the CPU (backends/torch_quant.py): an affine format of at most 4 bits in groups
+  of 32/64/128/256 (Q4_0, Q4_1, Q4_K, AFQ2-4) runs as int4 with a bfloat16 scale and zero
+  per group; every other format runs as int8 with one bfloat16 scale per output row. An
+  embedding table is always int8 rows (torch_ops.prepare_quantized_embedding).
+- torch elsewhere (CUDA): the weight is dequantized to the compute dtype, no saving.
+- MLX (backends/mlx_quant.py): a format with an exact affine view keeps its bits plus a
+  scale and a bias per group in the compute dtype (groups of 32 for GGML formats, 64 for
+  AFQ); Q2_K and Q3_K are requantized to 6 bits and Q6_K to 8 bits, in groups of 32.
+  Embedding tables take the same layout.
+
+Pure arithmetic: no torch or MLX import, so `mistralrs tune` can use it on any machine.
+"""
+
+from __future__ import annotations
+
+# Formats that are affine groups underneath (quant/ggml_affine.py): bits and group size.
+GGML_AFFINE = {"Q4_0": 4, "Q4_1": 4, "Q4_K": 4, "Q5_0": 5, "Q5_1": 5, "Q5_K": 5, "Q8_0": 8, "Q8_1": 8, "Q8_K": 8}
+GGML_GROUP = 32
+AFQ_GROUP = 64  # quant.isq.AFQ_GROUP_SIZE
+# Formats with 16-wide sub-blocks, which MLX requantizes (mlx_quant.REQUANTIZED_BITS), in groups of 32.
+MLX_REQUANTIZED_BITS = {"Q2_K": 6, "Q3_K": 6, "Q6_K": 8}
+MLX_REQUANTIZED_GROUP = 32
+TORCH_INT4_GROUP_SIZES = (32, 64, 128, 256)  # torch_quant.INT4_GROUP_SIZES
+TORCH_SCALE_BITS = 16  # torch_quant.COMPUTE is bfloat16
+DTYPE_BITS = {"f32": 32, "bf16": 16, "f16": 16, "float32": 32, "bfloat16": 16, "float16": 16}
+
+
+def affine_view(label: str) -> tuple[int, int] | None:
+    """(bits, group size) of `label`'s exact affine form; None for the 16-wide K-quants."""
+    label = label.upper()
+    if label.startswith("AFQ"):
+        return int(label[3:]), AFQ_GROUP
+    if label in GGML_AFFINE:
+        return GGML_AFFINE[label], GGML_GROUP
+    if label in MLX_REQUANTIZED_BITS:
+        return None
+    raise ValueError(f"unknown quantized format {label!r}")
+
+
+def mlx_bits(label: str) -> int:
+    """The bits per value MLX keeps `label` at (its own, or what it is requantized to)."""
+    view = affine_view(label)
+    return MLX_REQUANTIZED_BITS[label.upper()] if view is None else view[0]
+
+
+def resident_bits(label: str, backend: str, device: str, in_features: int, compute_dtype: str,
+                  *, embedding: bool = False) -> float:
+    """Bits per weight of a (out, in_features) weight quantized as `label` ("Q4_K", "AFQ4"), as loaded.
+
+    `backend` is "torch" or "mlx", `device` "cpu", "cuda" or "metal"; `compute_dtype` is the
+    dtype the model runs at ("bf16", "f16", "f32" or the torch names). `embedding`: the tensor
+    is an embedding table (or a tied head sharing it).
+    """
+    compute_bits = DTYPE_BITS[compute_dtype]
+    view = affine_view(label)
+    if backend == "mlx":
+        if view is None:
+            bits, group = MLX_REQUANTIZED_BITS[label.upper()], MLX_REQUANTIZED_GROUP
+        else:
+            bits, group = view
+        return bits + 2 * compute_bits / group
+    if backend != "torch":
+        raise ValueError(f"unknown backend {backend!r}")
+    if device != "cpu":
+        return compute_bits  # dequantized at load
+    int8_rows = 8 + TORCH_SCALE_BITS / in_features
+    if embedding:
+        return int8_rows
+    if view is not None and view[0] <= 4 and view[1] in TORCH_INT4_GROUP_SIZES:
+        return 4 + 2 * TORCH_SCALE_BITS / view[1]
+    return int8_rows
+
+
+def quantized_compute_dtype(checkpoint_dtype: str, backend: str, device: str) -> str:
+    """The dtype a model loaded with ISQ runs at: torch's packed CPU kernels need bfloat16
+    activations, so a float32 checkpoint runs at bf16 there (engine.api._load_folder)."""
+    if backend == "torch" and device == "cpu" and DTYPE_BITS.get(checkpoint_dtype) == 32:
+        return "bfloat16" if checkpoint_dtype == "float32" else "bf16"
+    return checkpoint_dtype
