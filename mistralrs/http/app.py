@@ -5,24 +5,33 @@ from __future__ import annotations
 import falcon
 
 from mistralrs.engine.api import LLM
+from mistralrs.engine.scheduler import Scheduler
 from mistralrs.http.chat import ChatCompletions
 from mistralrs.http.completions import Completions
 from mistralrs.http.errors import install_error_handlers
 from mistralrs.http.health import Health
+from mistralrs.http.metrics import HttpMetrics, Metrics
 from mistralrs.http.models import Models
 from mistralrs.http.openapi import OpenApi
 from mistralrs.http.served_model import ServedModel
 
 
-def create_app(llm: LLM, model_id: str | None = None, *, server_seed: int | None = None) -> falcon.App:
-    """The app for `llm`, served under `model_id` (default: the id it was loaded from)."""
-    served = ServedModel(llm, model_id or llm.model_id, server_seed=server_seed)
-    app = falcon.App(media_type=falcon.MEDIA_JSON)
+def create_app(llm: LLM, model_id: str | None = None, *, server_seed: int | None = None, max_seqs: int = 32,
+               max_waiting: int | None = None, request_log=None) -> falcon.App:
+    """The app for `llm`, served under `model_id` (default: the id it was loaded from).
+
+    max_seqs: sequences generated together (--max-seqs); max_waiting: sequences that may queue
+    for a place before requests get 503 (default: twice max_seqs); request_log: -l/--log's RequestLog.
+    """
+    scheduler = Scheduler(llm, max_seqs=max_seqs, max_waiting=max_waiting)
+    served = ServedModel(llm, model_id or llm.model_id, server_seed=server_seed, scheduler=scheduler)
+    http_metrics = HttpMetrics()
+    app = falcon.App(media_type=falcon.MEDIA_JSON, middleware=[http_metrics])
     install_error_handlers(app)
-    app.add_route("/v1/chat/completions", ChatCompletions(served))
-    app.add_route("/v1/completions", Completions(served))
+    app.add_route("/v1/chat/completions", ChatCompletions(served, request_log))
+    app.add_route("/v1/completions", Completions(served, request_log))
     app.add_route("/v1/models", Models(served))
     app.add_route("/health", Health())
+    app.add_route("/metrics", Metrics(http_metrics, [served]))
     app.add_route("/openapi.json", OpenApi())
     return app
-
