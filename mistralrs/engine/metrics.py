@@ -53,7 +53,7 @@ class Counter:
 
     def samples(self, extra: Labels = ()) -> Iterable[str]:
         with self._lock:
-            items = sorted(self._values.items())
+            items = sorted(self._values.items()) or [((), 0.0)]  # a counter reads 0 before its first event
         for labels, value in items:
             yield f"{self.name}{_format_labels(labels, extra)} {_number(value)}"
 

@@ -101,13 +101,17 @@ class RequestStream:
         cancelled and iteration ends. Closing the iterator early also cancels.
         """
         remaining = {seq.index for seq in self.sequences if seq.completion is None}
+        checked_at = time.monotonic()
         try:
             while remaining:
+                # Checked on a clock, not only when idle: chunks may arrive faster than the poll interval.
+                if disconnected and time.monotonic() - checked_at >= DISCONNECT_POLL_S:
+                    if disconnected():
+                        return
+                    checked_at = time.monotonic()
                 try:
                     index, item = self._items.get(timeout=DISCONNECT_POLL_S if disconnected else None)
                 except queue.Empty:
-                    if disconnected():
-                        return
                     continue
                 if isinstance(item, BaseException):
                     raise item
@@ -295,10 +299,12 @@ class Scheduler:
             self.metrics.prompt_tokens.inc(len(ids))
             self._prefilling.remove(seq)
             token = int(ops.item(seq.sampler.sample(seq.sampler.process(logits))))
-            if not self._emit(seq, token, logits):
+            chunk = self._next_chunk(seq, token, logits)
+            if not chunk.finish_reason:
                 seq.row = self._batch.add(seq.caches)
                 self._running.append(seq)
             seq.caches = None  # its tokens now live in the batch (or nowhere)
+            seq.request._put(seq.index, chunk)
         return stop - start
 
     def _score_prompt(self, seq: Sequence, rows, start: int, stop: int) -> None:
@@ -338,10 +344,14 @@ class Scheduler:
             for seq in failed:
                 self._fail(seq, EngineError(f"Generation failed ({type(exc).__name__}: {exc})."))
             return
-        finished = [seq for i, (seq, token) in enumerate(zip(running, token_ids, strict=True))
-                    if self._emit(seq, token, rows[i] if seq.out.want_logprobs else None)]
-        for seq in finished:
-            self._leave(seq)
+        chunks = [(seq, self._next_chunk(seq, token, rows[i] if seq.out.want_logprobs else None))
+                  for i, (seq, token) in enumerate(zip(list(running), token_ids, strict=True))]
+        for seq, chunk in chunks:
+            if chunk.finish_reason:
+                self._leave(seq)
+        # Handed over after the bookkeeping, so a reader that sees its last chunk also sees it gone.
+        for seq, chunk in chunks:
+            seq.request._put(seq.index, chunk)
 
     def _sample(self, running: list[Sequence], rows) -> list[int]:
         """Every row's next token with its own sampler; one device-to-host transfer for all of them."""
@@ -351,8 +361,8 @@ class Scheduler:
         picks = [seq.sampler.sample(seq.sampler.process(rows[i])).reshape(1) for i, seq in enumerate(running)]
         return ops.tolist(ops.concat(picks, axis=0))
 
-    def _emit(self, seq: Sequence, token_id: int, logits) -> bool:
-        """Hand one token to its reader; True when the sequence is finished."""
+    def _next_chunk(self, seq: Sequence, token_id: int, logits) -> Chunk:
+        """Record one sampled token; the chunk its reader gets (finish_reason set when it is the last)."""
         now = time.perf_counter()
         if seq.out.first_at is None:
             self.metrics.time_to_first_token.observe(now - seq.submitted_at)
@@ -365,8 +375,7 @@ class Scheduler:
         seq.next_token = token_id
         if chunk.finish_reason:
             seq.completion = seq.out.completion
-        seq.request._put(seq.index, chunk)
-        return chunk.finish_reason is not None
+        return chunk
 
     def _leave(self, seq: Sequence) -> None:
         """Take a running sequence out of the batch; the last row moves into its place."""
