@@ -273,7 +273,10 @@ class Scheduler:
                 budget -= self._prefill_chunk(seq)
             except Exception as exc:  # a bad sequence must not take the engine down
                 log.exception("Prefill failed")
-                self._prefilling.pop(0)
+                if seq in self._prefilling:
+                    self._prefilling.remove(seq)
+                elif seq in self._running:
+                    self._leave(seq)
                 self._fail(seq, EngineError(f"Prefill failed ({type(exc).__name__}: {exc})."))
 
     def _prefill_chunk(self, seq: Sequence) -> int:
