@@ -100,6 +100,32 @@ def test_greedy_answers_in_a_batch_equal_answers_alone(llm, scheduler):
     assert batched == alone
 
 
+@pytest.mark.parametrize("arch", ["mistral", "gemma3", "phi3"])
+def test_every_attention_variant_batches_exactly(arch, backend, tiny_model_dir):
+    # Sliding windows of 16 (Mistral, Gemma 3's local layers), and Phi-3's longrope, whose factors
+    # change past 64 positions: rows on either side of that line share the batch.
+    llm = load(tiny_model_dir(arch), backend=backend, cpu=True, prefill_chunk=PREFILL_CHUNK)
+    params = [SamplingParams(max_tokens=m, temperature=0, ignore_eos=True) for m in MAX_TOKENS]
+    alone = [llm.generate(p, sp).token_ids for p, sp in zip(PROMPTS, params, strict=True)]
+    scheduler = Scheduler(llm, max_seqs=4)
+    try:
+        requests = [scheduler.submit([(p, sp)]) for p, sp in zip(PROMPTS, params, strict=True)]
+        assert [request.collect()[0].token_ids for request in requests] == alone
+    finally:
+        scheduler.close()
+
+
+def test_the_batch_drops_columns_when_its_longest_sequence_leaves(llm, scheduler):
+    # The short sequence joins right-aligned behind 300 columns of the long one's; when the long
+    # one finishes, those columns are cut away while the short one keeps decoding.
+    long_prompt, short_prompt = [5 + i % 400 for i in range(300)], [9, 10, 11]
+    long_params = SamplingParams(max_tokens=5, temperature=0, ignore_eos=True)
+    short_params = SamplingParams(max_tokens=60, temperature=0, ignore_eos=True)
+    alone = llm.generate(short_prompt, short_params).token_ids
+    both = scheduler.submit([(long_prompt, long_params), (short_prompt, short_params)]).collect()
+    assert both[1].token_ids == alone and len(both[0].token_ids) == 5
+
+
 def test_seeded_sampling_does_not_depend_on_the_batch(llm, scheduler):
     def params(seed):
         return SamplingParams(max_tokens=16, temperature=1.0, top_p=0.9, seed=seed, repetition_penalty=1.1,
