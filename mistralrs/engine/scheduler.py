@@ -21,20 +21,21 @@ server answers 503) instead of letting latency grow without limit.
 
 from __future__ import annotations
 
+import atexit
 import logging
-import queue
 import threading
 import time
+import weakref
 from collections import deque
-from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mistralrs.engine.metrics import EngineMetrics
 from mistralrs.engine.output import OutputBuilder, max_new_tokens
-from mistralrs.engine.params import Chunk, Completion, SamplingParams, TokenLogprob
+from mistralrs.engine.params import Chunk, SamplingParams, TokenLogprob
 from mistralrs.engine.sampling import Sampler
+from mistralrs.engine.sequence import EngineError, QueueFull, RequestStream, Sequence
 from mistralrs.errors import UserError
 from mistralrs.models.batch_cache import DecodeBatch
 
@@ -43,107 +44,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mistralrs.engine")
 
-DISCONNECT_POLL_S = 0.25  # how often a reader that can tell checks whether its client is gone
+__all__ = ["EngineError", "QueueFull", "RequestStream", "Scheduler"]
+
+# Engine threads are stopped before the interpreter exits: torch (2.13, CPU) aborts the process
+# ("terminate called without an active exception") when a thread that ran its kernels is still
+# alive at exit. MLX wants the opposite, handled in Scheduler._loop.
+_LIVE: weakref.WeakSet = weakref.WeakSet()
 
 
-class QueueFull(Exception):
-    """The waiting queue cannot take the request; try again after `retry_after_s`."""
-
-    def __init__(self, waiting: int, limit: int, retry_after_s: int = 1):
-        super().__init__(f"The server is busy: {waiting} sequences are waiting (the limit is {limit}); "
-                         f"retry in {retry_after_s} s.")
-        self.retry_after_s = retry_after_s
-
-
-class EngineError(RuntimeError):
-    """Generation failed inside the engine thread (a bug, or the device ran out of memory)."""
-
-
-class Sequence:
-    """One prompt being answered: the caller's handle fields, and the engine thread's working state."""
-
-    def __init__(self, request: RequestStream, index: int, prompt_ids: list[int], params: SamplingParams,
-                 max_tokens: int):
-        self.request = request
-        self.index = index
-        self.prompt_ids = prompt_ids
-        self.params = params
-        self.max_tokens = max_tokens
-        self.submitted_at = time.perf_counter()
-        self.cancelled = False
-        self.completion: Completion | None = None
-        # Engine thread only:
-        self.sampler: Sampler | None = None
-        self.out: OutputBuilder | None = None
-        self.caches = None  # the prefill's own caches, until the sequence joins the batch
-        self.prefilled = 0
-        self.row = -1
-        self.next_token = -1
-        self.last_token_at = 0.0
-
-
-class RequestStream:
-    """The sequences of one request (n choices, several prompts), read together as they produce chunks."""
-
-    def __init__(self, scheduler: Scheduler):
-        self.scheduler = scheduler
-        self.sequences: list[Sequence] = []
-        self._items: queue.SimpleQueue = queue.SimpleQueue()
-
-    @property
-    def completions(self) -> list[Completion | None]:
-        return [seq.completion for seq in self.sequences]
-
-    def events(self, disconnected: Callable[[], bool] | None = None) -> Iterator[tuple[int, Chunk]]:
-        """(sequence index, chunk) as the engine produces them, until every sequence has finished.
-
-        `disconnected`, when given, is polled while waiting: once it returns True the request is
-        cancelled and iteration ends. Closing the iterator early also cancels.
-        """
-        remaining = {seq.index for seq in self.sequences if seq.completion is None}
-        checked_at = time.monotonic()
-        try:
-            while remaining:
-                # Checked on a clock, not only when idle: chunks may arrive faster than the poll interval.
-                if disconnected and time.monotonic() - checked_at >= DISCONNECT_POLL_S:
-                    if disconnected():
-                        return
-                    checked_at = time.monotonic()
-                try:
-                    index, item = self._items.get(timeout=DISCONNECT_POLL_S if disconnected else None)
-                except queue.Empty:
-                    continue
-                if isinstance(item, BaseException):
-                    raise item
-                if item.finish_reason:
-                    remaining.discard(index)
-                yield index, item
-        finally:
-            if remaining:
-                self.cancel()
-
-    def prompt_logprobs(self, index: int) -> list[TokenLogprob] | None:
-        """The scored prompt of sequence `index` (when asked for); complete once its first chunk arrived."""
-        out = self.sequences[index].out
-        return None if out is None else out.prompt_logprobs
-
-    def collect(self, disconnected: Callable[[], bool] | None = None) -> list[Completion | None]:
-        """Wait for every sequence; their completions (None for any cancelled by a disconnect)."""
-        for _ in self.events(disconnected):
-            pass
-        return self.completions
-
-    def cancel(self) -> None:
-        """Stop generating for this request and free its caches (finished sequences are unaffected)."""
-        if all(seq.completion is not None for seq in self.sequences):
-            return
-        for seq in self.sequences:
-            seq.cancelled = seq.completion is None
-        self.scheduler._wake()
-
-    def _put(self, index: int, item) -> None:
-        self._items.put((index, item))
-
+@atexit.register
+def _close_all() -> None:
+    for scheduler in list(_LIVE):
+        scheduler.close()
 
 class Scheduler:
     def __init__(self, llm: LLM, *, max_seqs: int = 32, max_waiting: int | None = None,
@@ -166,6 +78,7 @@ class Scheduler:
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="mistralrs-engine", daemon=True)
         self._thread.start()
+        _LIVE.add(self)
 
     # ---- the caller's side (any thread) ---------------------------------------------------------
     @property
@@ -182,7 +95,7 @@ class Scheduler:
 
     def submit(self, prompts: list[tuple[list[int], SamplingParams]]) -> RequestStream:
         """Queue one request's sequences together (all or none); raises UserError or QueueFull."""
-        request = RequestStream(self)
+        request = RequestStream(self._wake)
         for index, (ids, params) in enumerate(prompts):
             request.sequences.append(Sequence(request, index, list(ids), params, self.check(ids, params)))
         with self._cond:
@@ -197,6 +110,8 @@ class Scheduler:
         return request
 
     def close(self) -> None:
+        """Stop the engine thread; sequences still queued or running fail with EngineError."""
+        _LIVE.discard(self)
         with self._cond:
             self._stopping = True
             self._cond.notify()
