@@ -41,6 +41,8 @@ def scheduler(llm):
 
 
 def start_server(llm, **app_options):
+    """A server on a free port, left running: closing waitress under its own polling thread
+    makes that thread fail on a closed descriptor (a thread-exception warning in pytest)."""
     srv = create_server(create_app(llm, MODEL, **app_options), "127.0.0.1", 0, threads=16)
     threading.Thread(target=srv.run, daemon=True).start()
     return srv
@@ -48,9 +50,7 @@ def start_server(llm, **app_options):
 
 @pytest.fixture(scope="module")
 def server(llm):
-    srv = start_server(llm, max_seqs=8)
-    yield srv
-    srv.close()
+    return start_server(llm, max_seqs=8)
 
 
 def client_for(srv) -> openai.OpenAI:
@@ -239,7 +239,6 @@ def test_a_full_queue_is_503_with_retry_after(llm):
     finally:
         for sock in scheduler_busy:
             sock.close()
-        srv.close()
 
 
 def metric(srv, name: str) -> float:
@@ -251,14 +250,12 @@ def metric(srv, name: str) -> float:
     raise AssertionError(f"{name} is not in /metrics")
 
 
-def test_a_non_streaming_client_that_hangs_up_is_cancelled(llm):
+def test_a_non_streaming_client_that_hangs_up_is_cancelled(server):
     # waitress reads ahead on the connection, so it sees the hang-up while the answer is being generated.
-    srv = start_server(llm, max_seqs=4)
-    try:
-        sock = send(srv, "/v1/completions", {"prompt": "abc", "max_tokens": 500, "n": 4, "ignore_eos": True})
-        wait_for(lambda: metric(srv, "mistralrs_generated_tokens_total") > 0)
-        sock.close()
-        wait_for(lambda: metric(srv, "mistralrs_running_sequences") == 0, timeout_s=10)
-        assert metric(srv, "mistralrs_generated_tokens_total") < 4 * 500
-    finally:
-        srv.close()
+    wait_for(lambda: metric(server, "mistralrs_running_sequences") == 0)
+    before = metric(server, "mistralrs_generated_tokens_total")
+    sock = send(server, "/v1/completions", {"prompt": "abc", "max_tokens": 500, "n": 4, "ignore_eos": True})
+    wait_for(lambda: metric(server, "mistralrs_generated_tokens_total") > before)
+    sock.close()
+    wait_for(lambda: metric(server, "mistralrs_running_sequences") == 0, timeout_s=10)
+    assert metric(server, "mistralrs_generated_tokens_total") - before < 4 * 500

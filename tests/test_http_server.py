@@ -259,7 +259,7 @@ def test_a_client_that_disconnects_cancels_its_generation(server, client):
 
 
 def test_concurrent_requests_are_all_answered(client):
-    # One generation at a time (the LLM's lock); the others wait their turn instead of failing.
+    # Generated side by side in one batch; the two requests with the same seed still agree.
     def ask(seed):
         return client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=20, seed=seed, temperature=1.0,
                                               extra_body={"ignore_eos": True})
