@@ -76,6 +76,15 @@ def read_until(sock: socket.socket, marker: bytes) -> bytes:
     return received
 
 
+def metric(srv, name: str) -> float:
+    """One unlabelled-by-us series from /metrics (the first sample whose name matches)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{srv.effective_port}/metrics", timeout=10) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith(name + "{") or line.startswith(name + " "):
+                return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} is not in /metrics")
+
+
 def wait_for(condition, timeout_s: float = 20) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -236,18 +245,14 @@ def test_a_full_queue_is_503_with_retry_after(llm):
         assert error.status_code == 503 and error.response.headers["Retry-After"].isdigit()
         assert error.body["type"] == "server_error" and error.body["code"] == "server_busy"
         assert "busy" in error.body["message"]
+        # A streaming client that leaves while it waits gives its place up before it ever ran.
+        assert metric(srv, "mistralrs_waiting_sequences") == 1
+        scheduler_busy.pop().close()
+        wait_for(lambda: metric(srv, "mistralrs_waiting_sequences") == 0, timeout_s=10)
+        assert metric(srv, "mistralrs_running_sequences") == 1
     finally:
         for sock in scheduler_busy:
             sock.close()
-
-
-def metric(srv, name: str) -> float:
-    """One unlabelled-by-us series from /metrics (the first sample whose name matches)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{srv.effective_port}/metrics", timeout=10) as resp:
-        for line in resp.read().decode().splitlines():
-            if line.startswith(name + "{") or line.startswith(name + " "):
-                return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{name} is not in /metrics")
 
 
 def test_a_non_streaming_client_that_hangs_up_is_cancelled(server):

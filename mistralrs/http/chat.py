@@ -131,7 +131,7 @@ class ChatCompletions:
         stream = submit_choices(self.served, [ids], request.params, request.n, prompt_param="messages")
         exchange = Exchange(self.log, req.path, self.served.model_id, data)
         if request.stream.stream:
-            stream_events(resp, self._events(request, stream, len(ids), thinking, exchange))
+            stream_events(resp, self._events(request, stream, len(ids), thinking, exchange, disconnect_check(req)))
         else:
             resp.media = self._response(request, stream, len(ids), thinking, disconnect_check(req), exchange)
 
@@ -153,7 +153,7 @@ class ChatCompletions:
         return body
 
     def _events(self, request: ChatRequest, stream: RequestStream, prompt_length: int,
-                thinking: Thinking, exchange: Exchange) -> Iterator[bytes]:
+                thinking: Thinking, exchange: Exchange, disconnected) -> Iterator[bytes]:
         header = {"id": response_id("chatcmpl"), "object": "chat.completion.chunk", "created": now(),
                   "model": self.served.model_id}
         include_usage = request.stream.include_usage
@@ -168,7 +168,8 @@ class ChatCompletions:
         try:
             builders = {}
             # Choices are generated side by side, so their events interleave; each has its own index.
-            for index, chunk in stream.events():
+            # `disconnected` also catches a client that leaves while its request still waits for a place.
+            for index, chunk in stream.events(disconnected):
                 builder = builders.get(index)
                 if builder is None:
                     builder = builders[index] = ChoiceDeltas(thinking, request.call_names)
@@ -182,6 +183,8 @@ class ChatCompletions:
                 if chunk.finish_reason:
                     yield event(index, {}, finish_reason=builder.finish_reason(chunk.finish_reason))
             completions = stream.completions
+            if any(c is None or c.finish_reason == "cancelled" for c in completions):
+                return  # the client has gone
             if include_usage:
                 usage = usage_body([prompt_length], completions)
                 yield sse_event({**header, "choices": [], "usage": usage})

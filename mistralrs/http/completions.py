@@ -39,7 +39,7 @@ class Completions:
         echoes = [prompt_texts[i // request.n] if request.echo else "" for i in range(len(stream.sequences))]
         exchange = Exchange(self.log, req.path, self.served.model_id, data)
         if request.stream.stream:
-            stream_events(resp, self._events(request, stream, lengths, echoes, exchange))
+            stream_events(resp, self._events(request, stream, lengths, echoes, exchange, disconnect_check(req)))
         else:
             resp.media = self._response(stream, lengths, echoes, disconnect_check(req), exchange)
 
@@ -61,7 +61,7 @@ class Completions:
         return body
 
     def _events(self, request: CompletionRequest, stream: RequestStream, lengths: list[int],
-                echoes: list[str], exchange: Exchange) -> Iterator[bytes]:
+                echoes: list[str], exchange: Exchange, disconnected) -> Iterator[bytes]:
         header = {"id": response_id("cmpl"), "object": "text_completion", "created": now(),
                   "model": self.served.model_id}
         include_usage = request.stream.include_usage
@@ -75,7 +75,7 @@ class Completions:
 
         try:
             offsets: dict[int, int] = {}
-            for index, chunk in stream.events():
+            for index, chunk in stream.events(disconnected):
                 if index not in offsets:
                     # The echo goes first, once the prompt has been read (its logprobs are known then).
                     offsets[index] = len(echoes[index])
@@ -91,6 +91,8 @@ class Completions:
                 if chunk.finish_reason:
                     yield event(index, "", finish_reason=chunk.finish_reason)
             completions = stream.completions
+            if any(c is None or c.finish_reason == "cancelled" for c in completions):
+                return  # the client has gone
             if include_usage:
                 yield sse_event({**header, "choices": [], "usage": usage_body(lengths, completions)})
             yield DONE
