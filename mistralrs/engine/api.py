@@ -228,7 +228,10 @@ def _generation_defaults(folder: str | None) -> dict:
 
 
 class LLM:
-    """A loaded model with its tokenizer and chat template. Thread-safe: one generation at a time."""
+    """A loaded model with its tokenizer and chat template.
+
+    Thread-safe: direct generations run one at a time; engine.scheduler batches many.
+    """
 
     def __init__(self, *, model_id, ops, loaded: LoadedModel, tokenizer, template, generation_defaults,
                  max_seq_len=None, prefill_chunk=1024):
