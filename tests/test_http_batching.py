@@ -154,6 +154,18 @@ def test_logprobs_in_a_batch_equal_logprobs_alone(llm, scheduler):
     assert [lp.logprob for lp in batched] == pytest.approx([lp.logprob for lp in alone], abs=1e-4)
 
 
+def test_prompt_logprobs_agree_on_both_paths(llm, scheduler):
+    # 70 prompt tokens: scored over several prefill chunks, whose boundaries must not show.
+    params = SamplingParams(max_tokens=2, temperature=0, ignore_eos=True, logprobs=True, top_logprobs=2,
+                            prompt_logprobs=True)
+    direct = llm.generate(PROMPTS[3], params).prompt_logprobs
+    batched = scheduler.submit([(PROMPTS[3], params), (PROMPTS[0], params)]).collect()[0].prompt_logprobs
+    assert [lp.token_id for lp in direct] == [lp.token_id for lp in batched] == PROMPTS[3]
+    assert direct[0].logprob is None and batched[0].logprob is None
+    assert [lp.logprob for lp in batched[1:]] == pytest.approx([lp.logprob for lp in direct[1:]], abs=1e-4)
+    assert all(len(lp.top) == 2 and lp.top[0][2] >= lp.logprob - 1e-6 for lp in direct[1:])
+
+
 def test_scheduler_limits_are_checked(llm):
     with pytest.raises(UserError, match="--max-seqs must be at least 1"):
         Scheduler(llm, max_seqs=0)

@@ -20,6 +20,7 @@ from mistralrs.backends.ops import FLOAT_DTYPES, Ops
 from mistralrs.engine.generate import generate_tokens
 from mistralrs.engine.output import OutputBuilder, max_new_tokens
 from mistralrs.engine.params import Chunk, Completion, SamplingParams
+from mistralrs.engine.prompt_logprobs import score_prompt
 from mistralrs.engine.sampling import Sampler
 from mistralrs.engine.source import ModelSource, resolve_source
 from mistralrs.engine.weights import load_into, read_safetensors, safetensors_files
@@ -357,6 +358,8 @@ class CompletionStream:
         sampler = Sampler(llm.ops, params, llm.generation_defaults, llm.vocab_size)
         out = OutputBuilder(llm, self.prompt_ids, params, self.max_tokens, sampler)
         with llm._lock:
+            if params.prompt_logprobs:
+                out.prompt_logprobs = score_prompt(llm, self.prompt_ids, params.top_logprobs)
             steps = generate_tokens(llm.model, llm.ops, self.prompt_ids, sampler,
                                     prefill_chunk=llm.prefill_chunk, keep_logits=out.want_logprobs)
             try:

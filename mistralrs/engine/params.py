@@ -26,8 +26,8 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: bool = False
     top_logprobs: int = 0
-    # Also score the prompt's own tokens (the legacy completions API's `echo` with `logprobs`);
-    # honoured by the batching scheduler (the server), which computes them during prefill.
+    # Also score the prompt's own tokens (the legacy completions API's `echo` with `logprobs`),
+    # with top_logprobs alternatives each: Completion.prompt_logprobs.
     prompt_logprobs: bool = False
 
     def validate(self, vocab_size: int | None = None) -> SamplingParams:

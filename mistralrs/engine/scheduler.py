@@ -33,7 +33,8 @@ import numpy as np
 
 from mistralrs.engine.metrics import EngineMetrics
 from mistralrs.engine.output import OutputBuilder, max_new_tokens
-from mistralrs.engine.params import Chunk, SamplingParams, TokenLogprob
+from mistralrs.engine.params import Chunk, SamplingParams
+from mistralrs.engine.prompt_logprobs import first_entry, score_chunk
 from mistralrs.engine.sampling import Sampler
 from mistralrs.engine.sequence import EngineError, QueueFull, RequestStream, Sequence
 from mistralrs.errors import UserError
@@ -164,8 +165,7 @@ class Scheduler:
             seq.sampler.observe_prompt(seq.prompt_ids)
             seq.caches = llm.model.make_caches()
             if seq.params.prompt_logprobs:
-                first = seq.prompt_ids[0]
-                seq.out.prompt_logprobs = [TokenLogprob(first, llm.tokenizer.token_text(first), None)]
+                seq.out.prompt_logprobs = [first_entry(llm, seq.prompt_ids)]
             self._prefilling.append(seq)
 
     def _drop_cancelled(self) -> None:
@@ -205,7 +205,7 @@ class Scheduler:
         logits = None
         if seq.params.prompt_logprobs:
             rows = ops.astype(model(tokens, seq.caches)[0], "float32")
-            self._score_prompt(seq, rows, start, stop)
+            seq.out.prompt_logprobs += score_chunk(llm, ids, rows, start, stop, seq.params.top_logprobs)
             logits = rows[-1]
         elif last:
             # The same calls as engine.generate.prefill, so the numbers match the single-stream path.
@@ -224,25 +224,6 @@ class Scheduler:
             seq.caches = None  # its tokens now live in the batch (or nowhere)
             seq.request._put(seq.index, chunk)
         return stop - start
-
-    def _score_prompt(self, seq: Sequence, rows, start: int, stop: int) -> None:
-        """Log-probabilities of prompt tokens start+1..stop from the logits at start..stop-1."""
-        ops, tok = self.llm.ops, self.llm.tokenizer
-        targets = seq.prompt_ids[start + 1 : stop + 1]
-        if not targets:
-            return
-        lp = ops.log_softmax(rows[: len(targets)])
-        index = ops.asarray(np.asarray(targets, dtype=np.int64)[:, None])
-        chosen = [row[0] for row in ops.tolist(ops.take(lp, index))]
-        top = seq.params.top_logprobs
-        alternatives = [[] for _ in targets]
-        if top:
-            values, indices = ops.topk(lp, top)
-            alternatives = [list(zip(i, v, strict=True)) for i, v in zip(ops.tolist(indices), ops.tolist(values),
-                                                                       strict=True)]
-        for token_id, value, alts in zip(targets, chosen, alternatives, strict=True):
-            seq.out.prompt_logprobs.append(TokenLogprob(token_id, tok.token_text(token_id), value,
-                                                        [(i, tok.token_text(i), v) for i, v in alts]))
 
     def _decode_step(self) -> None:
         if not self._running:
