@@ -183,9 +183,11 @@ def test_a_full_queue_refuses_new_sequences(llm):
         with pytest.raises(QueueFull) as caught:
             scheduler.submit([([9], long)])
         assert caught.value.retry_after_s >= 1 and "2" in str(caught.value)
+        waiting.cancel()  # cancelled while queued: it leaves without ever being prefilled
+        wait_for(lambda: scheduler.waiting == 0)
+        assert all(seq.out is None for seq in waiting.sequences)
         running.cancel()
-        waiting.cancel()
-        wait_for(lambda: scheduler.running == 0 and scheduler.waiting == 0)
+        wait_for(lambda: scheduler.running == 0)
     finally:
         scheduler.close()
 
@@ -259,9 +261,9 @@ def test_a_full_queue_is_503_with_retry_after(llm):
         assert "busy" in error.body["message"]
         # A streaming client that leaves while it waits gives its place up before it ever ran.
         assert metric(srv, "mistralrs_waiting_sequences") == 1
+        # (The running stream may end meanwhile and let it in; either way it leaves the queue.)
         scheduler_busy.pop().close()
         wait_for(lambda: metric(srv, "mistralrs_waiting_sequences") == 0, timeout_s=10)
-        assert metric(srv, "mistralrs_running_sequences") == 1
     finally:
         for sock in scheduler_busy:
             sock.close()
