@@ -148,9 +148,10 @@ MODEL = '[[models]]\nkind = "auto"\nmodel_id = "some/model"\n'
     ('command = "serve"\n' + MODEL + MODEL, ["appears twice"]),
     ('command = "serve"\n[global]\ntoken_source = "magic"\n' + MODEL, ["global.token_source", "magic"]),
     ('command = "serve"\n[paged_attn]\ncontext_len = 4096\nmemory_mb = 100\n' + MODEL, ["mutually exclusive"]),
-    ('command = "serve"\n' + MODEL + '[models.quantization]\nin_situ_quant = "q4k"\n', ["--isq q4k"]),
+    ('command = "serve"\n' + MODEL + '[models.adapter]\nlora = "my-lora"\n', ["--lora", "not implemented yet"]),
+    ('command = "serve"\n' + MODEL + '[models.quantization]\nin_situ_quant = "q7k"\n', ["Unknown --isq", "q7k"]),
 ], ids=["toml", "kind", "model_id", "no-kind", "unknown-key", "type", "range", "choice", "bool", "no-models",
-        "command", "default", "run-two", "twice", "token-source", "pa-budgets", "unbuilt"])
+        "command", "default", "run-two", "twice", "token-source", "pa-budgets", "unbuilt", "bad-isq"])
 def test_bad_files_are_one_line_exit_2(capsys, tmp_path, text, expected):
     line = config_error(capsys, tmp_path, text)
     for part in expected:

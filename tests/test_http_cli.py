@@ -37,10 +37,12 @@ def wait_for_health(process: subprocess.Popen, port: int, deadline_s: float = 60
     raise AssertionError("serve did not answer /health in time")
 
 
-def test_serve_loads_the_model_and_answers(tiny_model_dir, backend):
+def test_serve_loads_the_model_and_answers(tiny_model_dir, backend, tmp_path):
     model = tiny_model_dir("qwen3")
     port = free_port()
-    process = subprocess.Popen(serve_command(model, backend, "--host", "127.0.0.1", "-p", str(port)),
+    log = tmp_path / "requests.jsonl"
+    process = subprocess.Popen(serve_command(model, backend, "--host", "127.0.0.1", "-p", str(port),
+                                             "--max-seqs", "4", "-l", str(log)),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     try:
@@ -56,6 +58,18 @@ def test_serve_loads_the_model_and_answers(tiny_model_dir, backend):
         process.terminate()
         _, stderr = process.communicate(timeout=30)
     assert f"http://127.0.0.1:{port}/v1" in stderr
+    # -l/--log: the request as it arrived, then its answer, one JSON line each.
+    request, response = [json.loads(line) for line in log.read_text().splitlines()]
+    assert request["type"] == "request" and request["endpoint"] == "/v1/completions"
+    assert request["body"]["prompt"] == "abc"
+    assert response["type"] == "response" and response["usage"][0]["completion_tokens"] == 2
+    assert response["finish_reasons"] == ["length"] and isinstance(response["choices"][0]["text"], str)
+
+
+def test_serve_refuses_max_seqs_below_one():
+    result = subprocess.run(serve_command("unused", "torch", "--max-seqs", "0"), capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2 and "--max-seqs" in result.stderr
 
 
 @pytest.mark.parametrize("args, named", [(["--ui"], "--ui"), (["--mcp-port", "9000"], "--mcp-port")])

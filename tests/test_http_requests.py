@@ -168,41 +168,42 @@ def test_completion_stream_with_echo_and_logprobs(app):
     payloads = sse_payloads(result)
     assert payloads[0]["choices"][0]["text"] == "abc"
     tokens = [p["choices"][0]["logprobs"] for p in payloads if p["choices"][0]["logprobs"]]
-    assert len(tokens) == 3 and tokens[0]["text_offset"] == [3]
+    # The echo event scores the prompt (its first token has nothing before it); then one event per token.
+    prompt = tokens[0]
+    assert "".join(prompt["tokens"]) == "abc" and prompt["token_logprobs"][0] is None
+    assert prompt["text_offset"][0] == 0 and prompt["top_logprobs"][0] is None
+    assert len(tokens) == 4 and tokens[1]["text_offset"] == [3]
+
+
+class FailingModel:
+    """Stands in for the model: the first `works` forward passes run, then it raises like a lost device."""
+
+    def __init__(self, model, works: int = 0):
+        self.model, self.works = model, works
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def __call__(self, *args, **kwargs):
+        if self.works <= 0:
+            raise RuntimeError("device lost")
+        self.works -= 1
+        return self.model(*args, **kwargs)
 
 
 def test_internal_errors_are_500_and_the_app_keeps_serving(app, llm, monkeypatch, caplog):
-    def broken(*args, **kwargs):
-        raise RuntimeError("boom")
-
     with monkeypatch.context() as patch:
-        patch.setattr(llm, "stream", broken)
+        patch.setattr(llm, "model", FailingModel(llm.model))
         result = chat(app)
     assert result.status_code == 500
-    assert result.json["error"]["type"] == "server_error" and "boom" in result.json["error"]["message"]
+    assert result.json["error"]["type"] == "server_error" and "device lost" in result.json["error"]["message"]
     assert "Internal error" in caplog.text
     assert chat(app).status_code == 200
 
 
 def test_a_failure_mid_stream_ends_the_stream_with_an_error_event(app, llm, monkeypatch):
-    original = llm.stream
-
-    def failing_stream(*args, **kwargs):
-        stream = original(*args, **kwargs)
-        chunks = iter(stream)
-
-        def fail_after_one():
-            try:
-                yield next(chunks)
-                raise RuntimeError("device lost")
-            finally:
-                chunks.close()  # as an error inside the engine would: its generator ends, its lock is freed
-
-        stream._iter = fail_after_one()
-        return stream
-
     with monkeypatch.context() as patch:
-        patch.setattr(llm, "stream", failing_stream)
+        patch.setattr(llm, "model", FailingModel(llm.model, works=1))  # the prefill, then a decode step fails
         result = chat(app, stream=True)
     assert result.status_code == 200
     events = result.text.split("\n\n")

@@ -128,6 +128,8 @@ class Ops(ABC):
 
         Positions are offset..offset+L-1; `scale` multiplies cos and sin (the
         attention factor of longrope / yarn). `inv_freq` is a float32 tensor.
+        `offset` is an int, or an int32 tensor (B,) of per-row first positions
+        (a batch of sequences at different lengths).
         """
 
     @abstractmethod

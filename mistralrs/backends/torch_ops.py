@@ -36,6 +36,7 @@ class TorchOps(Ops):
         self.device = str(self.torch_device)
         self._rope_key = None
         self._rope_value = None
+        self._rope_offset = None
         # Inference only: autograd bookkeeping costs per-op time on the decode path.
         torch.set_grad_enabled(False)
 
@@ -150,10 +151,19 @@ class TorchOps(Ops):
         Every layer of a forward pass rotates q and k at the same positions, so the
         table is computed once per step instead of twice per layer.
         """
-        key = (id(inv_freq), offset, length, scale, dtype)
+        per_row = isinstance(offset, torch.Tensor)
+        # A per-row offset tensor is keyed by identity (a batch's layers share one), and held
+        # while cached so its id cannot be reused by another tensor.
+        key = (id(inv_freq), "rows", id(offset), length, scale, dtype) if per_row else \
+            (id(inv_freq), offset, length, scale, dtype)
         if self._rope_key != key:
-            positions = torch.arange(offset, offset + length, device=inv_freq.device, dtype=torch.float32)
-            freqs = torch.outer(positions, inv_freq)
+            self._rope_offset = offset
+            steps = torch.arange(length, device=inv_freq.device, dtype=torch.float32)
+            if per_row:  # (B,) first positions -> (B, 1, L, rot) tables broadcast over the heads
+                positions = offset.to(torch.float32)[:, None] + steps[None, :]
+                freqs = (positions[..., None] * inv_freq)[:, None]
+            else:
+                freqs = torch.outer(steps + offset, inv_freq)
             cos = torch.cat((freqs.cos(), freqs.cos()), dim=-1) * scale
             sin = torch.cat((freqs.sin(), freqs.sin()), dim=-1) * scale
             self._rope_key, self._rope_value = key, (cos.to(dtype), sin.to(dtype))

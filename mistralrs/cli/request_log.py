@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ class RequestLog:
     def __init__(self, path: Path | None):
         self.path = path
         self._file = None
+        self._lock = threading.Lock()  # the server writes from many request threads
         if path is not None:
             try:
                 self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - held for the session
@@ -36,8 +38,10 @@ class RequestLog:
         if self._file is None:
             return
         record = {"time": datetime.now(timezone.utc).isoformat(), "type": kind, **fields}
-        self._file.write(json.dumps(record, ensure_ascii=False, default=_plain) + "\n")
-        self._file.flush()
+        line = json.dumps(record, ensure_ascii=False, default=_plain) + "\n"
+        with self._lock:
+            self._file.write(line)
+            self._file.flush()
 
     def close(self) -> None:
         if self._file is not None:

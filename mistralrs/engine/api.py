@@ -12,24 +12,17 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from mistralrs.backends import get_ops
 from mistralrs.backends.ops import FLOAT_DTYPES, Ops
 from mistralrs.engine.generate import generate_tokens
-from mistralrs.engine.params import (
-    Chunk,
-    Completion,
-    SamplingParams,
-    Timing,
-    TokenLogprob,
-    Usage,
-)
+from mistralrs.engine.output import OutputBuilder, max_new_tokens
+from mistralrs.engine.params import Chunk, Completion, SamplingParams
+from mistralrs.engine.prompt_logprobs import score_prompt
 from mistralrs.engine.sampling import Sampler
 from mistralrs.engine.source import ModelSource, resolve_source
-from mistralrs.engine.stop import StopStrings
 from mistralrs.engine.weights import load_into, read_safetensors, safetensors_files
 from mistralrs.errors import ModelLoadError, UserError
 from mistralrs.models.base import QUANTIZED, Embedding, Linear
@@ -378,7 +371,10 @@ def _generation_defaults(folder: str | None) -> dict:
 
 
 class LLM:
-    """A loaded model with its tokenizer and chat template. Thread-safe: one generation at a time."""
+    """A loaded model with its tokenizer and chat template.
+
+    Thread-safe: direct generations run one at a time; engine.scheduler batches many.
+    """
 
     def __init__(self, *, model_id, ops, loaded: LoadedModel, tokenizer, template, generation_defaults,
                  max_seq_len=None, prefill_chunk=1024):
@@ -477,20 +473,10 @@ class CompletionStream:
     """
 
     def __init__(self, llm: LLM, prompt_ids: list[int], params: SamplingParams):
-        params.validate(llm.vocab_size)
-        if not prompt_ids:
-            raise UserError("The prompt is empty: give at least one token of text.", param="prompt")
-        room = llm.context_length - len(prompt_ids)
-        if room < 1:
-            raise UserError(
-                f"The prompt is {len(prompt_ids)} tokens but the context holds {llm.context_length}; "
-                "shorten it (or raise --max-seq-len if the model supports more).",
-                param="messages",
-            )
+        self.max_tokens = max_new_tokens(llm, prompt_ids, params)
         self.llm = llm
         self.prompt_ids = prompt_ids
         self.params = params
-        self.max_tokens = min(params.max_tokens or room, room)
         self.completion: Completion | None = None
         self.opens_thinking = False  # set by stream_chat: the prompt ends inside <think>
         self._iter = self._run()
@@ -512,67 +498,20 @@ class CompletionStream:
     def _run(self) -> Iterator[Chunk]:
         llm, params = self.llm, self.params
         sampler = Sampler(llm.ops, params, llm.generation_defaults, llm.vocab_size)
-        stops = StopStrings(params.stop)
-        stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else llm.eos_token_ids)
-        want_logprobs = params.logprobs or params.top_logprobs > 0
-        decoder = llm.tokenizer.stream_decoder()
-        ids: list[int] = []
-        pieces: list[str] = []
-        logprobs: list[TokenLogprob] = [] if want_logprobs else None
-        finish = "length"
-        start = time.perf_counter()
-        first_at = last_at = None
+        out = OutputBuilder(llm, self.prompt_ids, params, self.max_tokens, sampler)
         with llm._lock:
+            if params.prompt_logprobs:
+                out.prompt_logprobs = score_prompt(llm, self.prompt_ids, params.top_logprobs)
             steps = generate_tokens(llm.model, llm.ops, self.prompt_ids, sampler,
-                                    prefill_chunk=llm.prefill_chunk, keep_logits=want_logprobs)
+                                    prefill_chunk=llm.prefill_chunk, keep_logits=out.want_logprobs)
             try:
                 for step in steps:
-                    last_at = time.perf_counter()
-                    first_at = first_at or last_at
-                    ids.append(step.token_id)
-                    stopped_by_token = step.token_id in stop_ids
-                    lp = None
-                    if want_logprobs:
-                        lp = self._logprob(sampler, step)
-                        logprobs.append(lp)
-                    # Stop tokens (EOS) end the answer without appearing in its text.
-                    text = "" if stopped_by_token else decoder.add(step.token_id)
-                    emit, stopped_by_string = stops.feed(text)
-                    done = stopped_by_token or stopped_by_string or len(ids) >= self.max_tokens
-                    if done:
-                        finish = "stop" if stopped_by_token or stopped_by_string else "length"
-                        if not stopped_by_string:
-                            tail, _ = stops.feed(decoder.flush())
-                            emit += tail + stops.flush()
-                    pieces.append(emit)
-                    if done:  # set before the last chunk is seen, so a consumer can read it at once
-                        self._finish(ids, pieces, finish, start, first_at, last_at, logprobs)
-                    yield Chunk(emit, step.token_id, finish if done else None, lp)
-                    if done:
+                    chunk = out.add(step.token_id, step.logits)
+                    self.completion = out.completion
+                    yield chunk
+                    if chunk.finish_reason:
                         return
             finally:
                 steps.close()
-                if self.completion is None:
-                    self._finish(ids, pieces, "cancelled", start, first_at, last_at, logprobs)
-
-    def _finish(self, ids, pieces, finish, start, first_at, last_at, logprobs) -> None:
-        ttft = (first_at - start) if first_at else 0.0
-        decode = (last_at - first_at) if first_at else 0.0
-        self.completion = Completion(
-            text="".join(pieces),
-            token_ids=list(ids),
-            finish_reason=finish,
-            usage=Usage(len(self.prompt_ids), len(ids)),
-            timing=Timing(ttft, decode),
-            logprobs=logprobs,
-        )
-
-    def _logprob(self, sampler: Sampler, step) -> TokenLogprob:
-        tok = self.llm.tokenizer
-        chosen, top = sampler.logprobs(step.logits, step.token_id, self.params.top_logprobs)
-        return TokenLogprob(
-            token_id=step.token_id,
-            token=tok.token_text(step.token_id),
-            logprob=chosen,
-            top=[(i, tok.token_text(i), v) for i, v in top],
-        )
+                out.cancel()
+                self.completion = out.completion

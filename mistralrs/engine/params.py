@@ -26,6 +26,9 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: bool = False
     top_logprobs: int = 0
+    # Also score the prompt's own tokens (the legacy completions API's `echo` with `logprobs`),
+    # with top_logprobs alternatives each: Completion.prompt_logprobs.
+    prompt_logprobs: bool = False
 
     def validate(self, vocab_size: int | None = None) -> SamplingParams:
         """Raise UserError naming the first bad field; return self for chaining."""
@@ -61,7 +64,7 @@ class SamplingParams:
 class TokenLogprob:
     token_id: int
     token: str
-    logprob: float
+    logprob: float | None  # None only for a prompt's first token, which nothing predicts
     top: list[tuple[int, str, float]] = field(default_factory=list)  # (id, text, logprob), best first
 
 
@@ -106,3 +109,5 @@ class Completion:
     usage: Usage
     timing: Timing
     logprobs: list[TokenLogprob] | None = None
+    # One entry per prompt token when asked for (SamplingParams.prompt_logprobs).
+    prompt_logprobs: list[TokenLogprob] | None = None

@@ -17,9 +17,11 @@ from dataclasses import dataclass
 import falcon
 
 from mistralrs.engine.chat_template import ThinkingStream, prompt_opens_thinking, split_thinking
+from mistralrs.engine.scheduler import RequestStream
 from mistralrs.engine.tool_calls import ToolCallStream, parse_tool_calls
 from mistralrs.http.body import bad_request, read_json_object
-from mistralrs.http.choices import PlannedChoice, close_all, plan_choices
+from mistralrs.http.choices import disconnect_check, submit_choices
+from mistralrs.http.exchange_log import Exchange
 from mistralrs.http.logprobs import chat_logprob_entry, chat_logprobs
 from mistralrs.http.requests import ChatRequest, parse_chat_request
 from mistralrs.http.responses import now, response_id, usage_body
@@ -102,11 +104,13 @@ class ChoiceDeltas:
 
 
 class ChatCompletions:
-    def __init__(self, served: ServedModel):
+    def __init__(self, served: ServedModel, log=None):
         self.served = served
+        self.log = log  # -l/--log: a RequestLog, or None
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        request = parse_chat_request(read_json_object(req))
+        data = read_json_object(req)
+        request = parse_chat_request(data)
         self.served.check_requested(request.model)
         llm = self.served.llm
         request.params.seed = self.served.request_seed(request.params.seed)
@@ -124,31 +128,32 @@ class ChatCompletions:
         ids = llm.encode(prompt, add_special_tokens=False)  # the template wrote the special tokens
         thinks = bool(request.enable_thinking) or (llm.template is not None and llm.template.thinks)
         thinking = Thinking(split=thinks, starts_in_reasoning=prompt_opens_thinking(prompt))
-        planned = plan_choices(llm, [ids], request.params, request.n, prompt_param="messages")
+        stream = submit_choices(self.served, [ids], request.params, request.n, prompt_param="messages")
+        exchange = Exchange(self.log, req.path, self.served.model_id, data)
         if request.stream.stream:
-            stream_events(resp, self._events(request, planned, len(ids), thinking))
+            stream_events(resp, self._events(request, stream, len(ids), thinking, exchange, disconnect_check(req)))
         else:
-            resp.media = self._response(request, planned, len(ids), thinking)
+            resp.media = self._response(request, stream, len(ids), thinking, disconnect_check(req), exchange)
 
-    def _response(self, request: ChatRequest, planned: list[PlannedChoice], prompt_length: int,
-                  thinking: Thinking) -> dict:
-        choices, completions = [], []
-        try:
-            for choice in planned:
-                completion = choice.stream.collect()
-                completions.append(completion)
-                message, finish_reason = answer_message(completion.text, completion.finish_reason, thinking,
-                                                        request.call_names)
-                choices.append({"index": choice.index, "message": message, "finish_reason": finish_reason,
-                                "logprobs": chat_logprobs(completion.logprobs)})
-        finally:
-            close_all(planned)
-        return {"id": response_id("chatcmpl"), "object": "chat.completion", "created": now(),
+    def _response(self, request: ChatRequest, stream: RequestStream, prompt_length: int, thinking: Thinking,
+                  disconnected, exchange: Exchange) -> dict:
+        completions = stream.collect(disconnected)
+        if any(c is None or c.finish_reason == "cancelled" for c in completions):
+            return {}  # the client has gone; nobody reads this
+        choices = []
+        for index, completion in enumerate(completions):
+            message, finish_reason = answer_message(completion.text, completion.finish_reason, thinking,
+                                                    request.call_names)
+            choices.append({"index": index, "message": message, "finish_reason": finish_reason,
+                            "logprobs": chat_logprobs(completion.logprobs)})
+        body = {"id": response_id("chatcmpl"), "object": "chat.completion", "created": now(),
                 "model": self.served.model_id, "choices": choices,
                 "usage": usage_body([prompt_length], completions)}
+        exchange.answered(body["id"], [c["message"] for c in choices], completions)
+        return body
 
-    def _events(self, request: ChatRequest, planned: list[PlannedChoice], prompt_length: int,
-                thinking: Thinking) -> Iterator[bytes]:
+    def _events(self, request: ChatRequest, stream: RequestStream, prompt_length: int,
+                thinking: Thinking, exchange: Exchange, disconnected) -> Iterator[bytes]:
         header = {"id": response_id("chatcmpl"), "object": "chat.completion.chunk", "created": now(),
                   "model": self.served.model_id}
         include_usage = request.stream.include_usage
@@ -161,20 +166,29 @@ class ChatCompletions:
             return sse_event(body)
 
         try:
-            for choice in planned:
-                yield event(choice.index, {"role": "assistant", "content": ""})
-                builder = ChoiceDeltas(thinking, request.call_names)
-                for chunk in choice.stream:
-                    deltas = builder.feed(chunk.text, last=bool(chunk.finish_reason))
-                    logprobs = {"content": [chat_logprob_entry(chunk.logprob)]} if chunk.logprob else None
-                    if logprobs and not deltas:
-                        deltas = [{"content": ""}]  # every token's logprob is sent, even mid-character
-                    for i, delta in enumerate(deltas):
-                        yield event(choice.index, delta, logprobs=logprobs if i == 0 else None)
-                yield event(choice.index, {}, finish_reason=builder.finish_reason(choice.stream.completion.finish_reason))
+            builders = {}
+            # Choices are generated side by side, so their events interleave; each has its own index.
+            # `disconnected` also catches a client that leaves while its request still waits for a place.
+            for index, chunk in stream.events(disconnected):
+                builder = builders.get(index)
+                if builder is None:
+                    builder = builders[index] = ChoiceDeltas(thinking, request.call_names)
+                    yield event(index, {"role": "assistant", "content": ""})
+                deltas = builder.feed(chunk.text, last=bool(chunk.finish_reason))
+                logprobs = {"content": [chat_logprob_entry(chunk.logprob)]} if chunk.logprob else None
+                if logprobs and not deltas:
+                    deltas = [{"content": ""}]  # every token's logprob is sent, even mid-character
+                for i, delta in enumerate(deltas):
+                    yield event(index, delta, logprobs=logprobs if i == 0 else None)
+                if chunk.finish_reason:
+                    yield event(index, {}, finish_reason=builder.finish_reason(chunk.finish_reason))
+            completions = stream.completions
+            if any(c is None or c.finish_reason == "cancelled" for c in completions):
+                return  # the client has gone
             if include_usage:
-                usage = usage_body([prompt_length], [c.stream.completion for c in planned])
+                usage = usage_body([prompt_length], completions)
                 yield sse_event({**header, "choices": [], "usage": usage})
             yield DONE
+            exchange.answered(header["id"], [{"content": c.text} for c in completions], completions)
         finally:
-            close_all(planned)
+            stream.cancel()

@@ -1,25 +1,22 @@
-"""One engine stream per returned choice: n choices per prompt, each with its own seed.
+"""One scheduled sequence per returned choice: n choices per prompt, each with its own seed.
 
-All streams are created (and so validated: sampling ranges, prompt length) before
-the response starts, so a bad request is a 400 and never a broken stream. They run
-one after another: the LLM generates one sequence at a time.
+Every sequence of a request is validated (sampling ranges, prompt length) and
+queued together before the response starts, so a bad request is a 400 and a
+full queue a 503, never a broken stream. The scheduler then generates the
+choices side by side, batched with other requests.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 
-from mistralrs.engine.api import LLM, CompletionStream
+import falcon
+
 from mistralrs.engine.params import SamplingParams
+from mistralrs.engine.scheduler import QueueFull, RequestStream
 from mistralrs.errors import UserError
-
-
-@dataclass
-class PlannedChoice:
-    index: int
-    prompt_index: int
-    stream: CompletionStream
+from mistralrs.http.errors import server_busy
+from mistralrs.http.served_model import ServedModel
 
 
 def choice_seed(seed: int | None, choice: int) -> int | None:
@@ -28,23 +25,28 @@ def choice_seed(seed: int | None, choice: int) -> int | None:
     return None if seed is None else seed + choice
 
 
-def plan_choices(llm: LLM, prompts: list[list[int]], params: SamplingParams, n: int,
-                 prompt_param: str) -> list[PlannedChoice]:
-    planned = []
-    for prompt_index, ids in enumerate(prompts):
+def submit_choices(served: ServedModel, prompts: list[list[int]], params: SamplingParams, n: int,
+                   prompt_param: str) -> RequestStream:
+    """Queue n choices per prompt; choice i answers prompt i // n."""
+    sequences = []
+    for ids in prompts:
         for j in range(n):
             choice_params = dataclasses.replace(params, seed=choice_seed(params.seed, j), stop=list(params.stop))
-            try:
-                stream = llm.stream(ids, choice_params)
-            except UserError as exc:
-                if exc.param in ("messages", "prompt"):  # the engine cannot know which field held the prompt
-                    exc.param = prompt_param
-                raise
-            planned.append(PlannedChoice(len(planned), prompt_index, stream))
-    return planned
+            sequences.append((ids, choice_params))
+    try:
+        return served.scheduler.submit(sequences)
+    except UserError as exc:
+        if exc.param in ("messages", "prompt"):  # the engine cannot know which field held the prompt
+            exc.param = prompt_param
+        raise
+    except QueueFull as exc:
+        raise server_busy(str(exc), exc.retry_after_s) from None
 
 
-def close_all(planned: list[PlannedChoice]) -> None:
-    """Cancel whatever has not finished (a client that went away); finished streams ignore it."""
-    for choice in planned:
-        choice.stream.close()
+def disconnect_check(req: falcon.Request):
+    """A callable that tells whether the client has gone, or None where the server cannot tell.
+
+    waitress provides one when the server reads ahead on each connection (http.server sets
+    channel_request_lookahead), so a request nobody waits for any more is cancelled.
+    """
+    return req.env.get("waitress.client_disconnected")

@@ -21,8 +21,8 @@ class ApiError(falcon.HTTPError):
     """An error the client can fix, sent as {"error": {message, type, param, code}}."""
 
     def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 error_type: str = "invalid_request_error"):
-        super().__init__(falcon.code_to_http_status(status), description=message)
+                 error_type: str = "invalid_request_error", headers: dict[str, str] | None = None):
+        super().__init__(falcon.code_to_http_status(status), description=message, headers=headers)
         self.message = message
         self.param = param
         self.code = code
@@ -51,6 +51,12 @@ def _serialize_http_error(req: falcon.Request, resp: falcon.Response, exc: falco
 
 def _status_code_name(status: int) -> str | None:
     return {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(status)
+
+
+def server_busy(message: str, retry_after_s: int) -> ApiError:
+    """503 for a full waiting queue: OpenAI clients retry it, after `Retry-After` seconds."""
+    return ApiError(503, message, code="server_busy", error_type="server_error",
+                    headers={"Retry-After": str(retry_after_s)})
 
 
 def _user_error_handler(req, resp, exc: UserError, params) -> None:

@@ -25,20 +25,28 @@ def chat_logprobs(lps: list[TokenLogprob] | None) -> dict | None:
     return None if lps is None else {"content": [chat_logprob_entry(lp) for lp in lps]}
 
 
-def completion_logprobs(lps: list[TokenLogprob] | None, first_offset: int) -> dict | None:
+def completion_logprobs(lps: list[TokenLogprob] | None, first_offset: int,
+                        prompt: list[TokenLogprob] | None = None) -> dict | None:
     """`choices[].logprobs` of /v1/completions; text_offset counts characters from the start of `text`.
 
-    With `echo`, the echoed prompt has no log-probabilities here: only generated tokens do.
+    `prompt`: with `echo`, the echoed prompt's own tokens, scored as OpenAI's legacy API does
+    (the first has no logprob: nothing precedes it); they start at offset 0.
     """
     if lps is None:
         return None
-    offsets, offset = [], first_offset
-    for lp in lps:
+    tokens, values, tops, offsets = [], [], [], []
+    offset = 0
+    for lp in prompt or []:
+        tokens.append(lp.token)
+        values.append(lp.logprob)
+        tops.append(None if lp.logprob is None else {text: value for _, text, value in lp.top})
         offsets.append(offset)
         offset += len(lp.token)
-    return {
-        "tokens": [lp.token for lp in lps],
-        "token_logprobs": [lp.logprob for lp in lps],
-        "top_logprobs": [{text: value for _, text, value in lp.top} for lp in lps],
-        "text_offset": offsets,
-    }
+    offset = first_offset
+    for lp in lps:
+        tokens.append(lp.token)
+        values.append(lp.logprob)
+        tops.append({text: value for _, text, value in lp.top})
+        offsets.append(offset)
+        offset += len(lp.token)
+    return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}

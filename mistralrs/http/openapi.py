@@ -173,6 +173,10 @@ def _generation_route(summary: str, request: str, response: str, chunk: str) -> 
             "200": {"description": f"A {response}; with `stream: true`, server-sent events of {chunk}.",
                     "content": {**_json(response), "text/event-stream": {"schema": _ref(chunk)}}},
             **_errors(400, 404, 415, 500),
+            "503": {"description": "The waiting queue is full; retry after `Retry-After` seconds.",
+                    "headers": {"Retry-After": {"description": "Seconds to wait before retrying.",
+                                                "schema": INTEGER}},
+                    "content": _json("Error")},
         },
     }}
 
@@ -189,6 +193,11 @@ def openapi_document() -> dict:
             "/v1/models": {"get": {"summary": "The served model",
                                    "responses": {"200": {"description": "Model list", "content": _json("ModelList")}}}},
             "/health": {"get": {"summary": "Liveness", "responses": {"200": {"description": "The server is up"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics: requests by endpoint and status, prompt and "
+                                            "generated tokens, running and waiting sequences, time to first "
+                                            "token and inter-token latency",
+                                 "responses": {"200": {"description": "Prometheus text exposition format 0.0.4",
+                                                       "content": {"text/plain": {"schema": STRING}}}}}},
             "/openapi.json": {"get": {"summary": "This document",
                                       "responses": {"200": {"description": "OpenAPI 3 document"}}}},
         },

@@ -1,4 +1,4 @@
-"""The models this server serves: each one's public id and per-request seeds, and which one a request names."""
+"""The models this server serves: each one's public id, scheduler and per-request seeds, and which one a request names."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from mistralrs.engine.api import LLM
+from mistralrs.engine.scheduler import Scheduler
 from mistralrs.http.errors import ApiError
 
 DEFAULT_MODEL_NAMES = ("default",)  # mistral.rs routes "default" (or no model) to the loaded model
@@ -20,8 +21,12 @@ class ServedModel:
     model_id: str
     server_seed: int | None = None  # `mistralrs --seed`: requests without a seed draw theirs from it
     created: int = field(default_factory=lambda: int(time.time()))
+    # The engine thread that batches this model's requests; one per served model.
+    scheduler: Scheduler | None = None
 
     def __post_init__(self):
+        if self.scheduler is None:
+            self.scheduler = Scheduler(self.llm)
         self._seeds = random.Random(self.server_seed) if self.server_seed is not None else None
         self._seeds_lock = threading.Lock()
 

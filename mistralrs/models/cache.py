@@ -60,6 +60,10 @@ class KVCache:
             return self.ops.causal_mask(length, total, self.window)
         return "causal"
 
+    def rows_beyond(self, limit: int):
+        """Whether the sequence already holds more than `limit` positions (see BatchKVCache)."""
+        return self.offset > limit
+
     def trim(self, n: int) -> None:
         """Forget the last n positions (they will be overwritten)."""
         self.offset = max(0, self.offset - n)

@@ -76,12 +76,23 @@ class Attention(Module):
         q = ops.transpose(q, (0, 2, 1, 3))
         k = ops.transpose(k, (0, 2, 1, 3))
         v = ops.transpose(v, (0, 2, 1, 3))
-        offset = cache.offset
+        offset = cache.offset  # an int, or per-row positions when the cache holds a batch
         inv_freq, rope_scale = self._short
-        if self._long is not None and offset + length > spec.rope.original_max_position:
-            inv_freq, rope_scale = self._long
-        q = ops.rope(q, offset, inv_freq, rope_scale)
-        k = ops.rope(k, offset, inv_freq, rope_scale)
+        long_rows = None
+        if self._long is not None:
+            # longrope switches to its long factors once a sequence outgrows the original context;
+            # in a batch each row decides for itself, so batching does not change its numbers.
+            beyond = cache.rows_beyond(spec.rope.original_max_position - length)
+            if beyond is True:
+                inv_freq, rope_scale = self._long
+            elif beyond is not False:
+                long_rows = beyond
+        if long_rows is not None:
+            q = ops.where(long_rows, ops.rope(q, offset, *self._long), ops.rope(q, offset, inv_freq, rope_scale))
+            k = ops.where(long_rows, ops.rope(k, offset, *self._long), ops.rope(k, offset, inv_freq, rope_scale))
+        else:
+            q = ops.rope(q, offset, inv_freq, rope_scale)
+            k = ops.rope(k, offset, inv_freq, rope_scale)
         keys, values, mask = cache.update_and_fetch(k, v)
         out = ops.attention(q, keys, values, spec.scale, mask)
         out = ops.transpose(out, (0, 2, 1, 3)).reshape(batch, length, spec.num_heads * spec.head_dim)
