@@ -211,13 +211,13 @@ def test_estimate_matches_the_benchmark_model(backend, quant):
 def test_resident_bits_follow_the_kernel_layouts():
     # torch CPU: int4 groups with a bf16 scale and zero, or int8 rows with one bf16 scale per row.
     assert resident_bits("Q4_K", "torch", "cpu", 4096, "bf16") == 4 + 32 / 32
-    assert resident_bits("AFQ4", "torch", "cpu", 4096, "bf16") == 4 + 32 / 64
+    assert resident_bits("AFQ4", "torch", "cpu", 4096, "bf16") == 4 + 32 / 32  # groups of 32
     for label in ("Q5_0", "Q5_K", "Q6_K", "Q8_0", "Q2_K", "Q3_K", "AFQ8"):
         assert resident_bits(label, "torch", "cpu", 4096, "bf16") == 8 + 16 / 4096, label
     assert resident_bits("Q4_K", "torch", "cpu", 4096, "bf16", embedding=True) == 8 + 16 / 4096
     assert resident_bits("Q4_K", "torch", "cuda", 4096, "f16") == 16  # dequantized at load
     # MLX: affine formats keep their bits, scale and bias in the compute dtype; 16-wide ones are requantized.
-    assert resident_bits("AFQ4", "mlx", "metal", 4096, "bf16") == 4 + 32 / 64
+    assert resident_bits("AFQ4", "mlx", "metal", 4096, "bf16") == 4 + 32 / 32
     assert resident_bits("Q4_K", "mlx", "metal", 4096, "f32") == 4 + 64 / 32
     assert resident_bits("Q6_K", "mlx", "cpu", 4096, "bf16") == 8 + 32 / 32
     assert resident_bits("Q3_K", "mlx", "cpu", 4096, "bf16") == 6 + 32 / 32

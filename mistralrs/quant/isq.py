@@ -5,8 +5,8 @@
 the decoder layers take the requested type. Two rules change it per tensor, both
 as llama.cpp and mistral.rs do:
 
-- the output head is promoted to a more precise type (a quantized head costs the
-  most quality per byte saved), and the embedding table stays unquantized;
+- the output head and the embedding table are promoted to a more precise type (a
+  quantized head costs the most quality per byte saved; a tied head shares the table);
 - a type whose blocks do not divide the row (K-quants need rows of 256) falls
   back to a compatible one (q4k -> q5_0, q6k -> q8_0, ...), and the load log says so.
 """
@@ -27,7 +27,7 @@ GGML_NAMES = {
     "q2k": "Q2_K", "q3k": "Q3_K", "q4k": "Q4_K", "q5k": "Q5_K", "q6k": "Q6_K", "q8k": "Q8_K",
 }
 AFQ_NAMES = {"afq2": 2, "afq3": 3, "afq4": 4, "afq6": 6, "afq8": 8}
-AFQ_GROUP_SIZE = 64  # mistral.rs' and MLX's default
+AFQ_GROUP_SIZE = 32  # finer than MLX's default 64: +0.5 bit per weight, clearly more accurate on small models
 # mistral.rs names we recognise but do not run (yet): refused with the list of what we do.
 NOT_RUN_HERE = ("hqq4", "hqq8", "fp8", "f8q8", "mxfp4")
 

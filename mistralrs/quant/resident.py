@@ -18,10 +18,12 @@ Pure arithmetic: no torch or MLX import, so `mistralrs tune` can use it on any m
 
 from __future__ import annotations
 
+from mistralrs.quant.isq import AFQ_GROUP_SIZE
+
 # Formats that are affine groups underneath (quant/ggml_affine.py): bits and group size.
 GGML_AFFINE = {"Q4_0": 4, "Q4_1": 4, "Q4_K": 4, "Q5_0": 5, "Q5_1": 5, "Q5_K": 5, "Q8_0": 8, "Q8_1": 8, "Q8_K": 8}
 GGML_GROUP = 32
-AFQ_GROUP = 64  # quant.isq.AFQ_GROUP_SIZE
+AFQ_GROUP = AFQ_GROUP_SIZE
 # Formats with 16-wide sub-blocks, which MLX requantizes (mlx_quant.REQUANTIZED_BITS), in groups of 32.
 MLX_REQUANTIZED_BITS = {"Q2_K": 6, "Q3_K": 6, "Q6_K": 8}
 MLX_REQUANTIZED_GROUP = 32

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from mistralrs.quant.resident import mlx_bits, quantized_compute_dtype, resident_bits
+from mistralrs.quant.resident import quantized_compute_dtype, resident_bits
 from mistralrs.tune.metadata import DTYPE_BYTES, ModelMetadata, TensorInfo
 from mistralrs.tune.quant_types import PROMOTED, UNQUANTIZED_BITS, QuantType, lookup, storage_type
 
@@ -23,13 +23,10 @@ from mistralrs.tune.quant_types import PROMOTED, UNQUANTIZED_BITS, QuantType, lo
 # the constant is the rest an unquantized load leaves resident (MLX: ~34 MB, torch: ~1 MB).
 RUNTIME_OVERHEAD_BYTES = {"torch": 1_000_000, "mlx": 34_000_000}
 OVERHEAD_BYTES_PER_VOCAB_ENTRY = {"torch": 280, "mlx": 265}
-# In-situ quantization instead churns float32 copies of every weight through worker threads, and
-# glibc keeps part of that heap in its arenas even after the trim. How much varies from load to
-# load (measured: 0.05-0.45 bytes per weight on torch; on MLX, below 8 bits, 0.05-0.7, as the
-# values are also unpacked and repacked), so these are the middle of that spread, not a bound.
-ISQ_OVERHEAD_BYTES = {"torch": 13_000_000, "mlx": 5_000_000}
-ISQ_OVERHEAD_BYTES_PER_WEIGHT = {"torch": 0.2, "mlx": 0.1}
-MLX_REPACKED_OVERHEAD_BYTES_PER_WEIGHT = 0.35  # AFQ and GGML types of fewer than 8 bits
+# In-situ quantization leaves a few MB beyond the quantized weights (the loader pins glibc's mmap
+# threshold, so the float copies it makes and drops are returned to the OS; measured +2-4 MB on
+# torch and +4-11 MB on MLX beyond weights and tokenizer), in place of the unquantized constant.
+ISQ_OVERHEAD_BYTES = {"torch": 3_000_000, "mlx": 8_000_000}
 
 EMBEDDING = re.compile(r"(^|\.)(embed_tokens|wte|word_embeddings|tok_embeddings)\.weight$")
 HEAD = re.compile(r"(^|\.)(lm_head|output)\.weight$")
@@ -72,7 +69,7 @@ def estimate_size(meta: ModelMetadata, quant: QuantType, compute_dtype: str, *,
         fallbacks += fell_back
     overhead = runtime_overhead(meta.config, backend)
     if quant.quantized:  # quantizing while loading leaves its own heap behind, in place of the constant
-        overhead += isq_overhead(parameter_count(meta), backend, quant) - RUNTIME_OVERHEAD_BYTES[backend]
+        overhead += isq_overhead(backend) - RUNTIME_OVERHEAD_BYTES[backend]
     return Estimate(int(total_bits // 8), overhead, fallbacks)
 
 
@@ -81,13 +78,10 @@ def runtime_overhead(config: dict, backend: str = "torch") -> int:
     return RUNTIME_OVERHEAD_BYTES[backend] + OVERHEAD_BYTES_PER_VOCAB_ENTRY[backend] * vocab
 
 
-def isq_overhead(parameters: int, backend: str, quant: QuantType) -> int:
+def isq_overhead(backend: str) -> int:
     """What quantizing while loading leaves resident beyond the quantized weights (in place of
     RUNTIME_OVERHEAD_BYTES; the tokenizer's share is the same)."""
-    per_weight = ISQ_OVERHEAD_BYTES_PER_WEIGHT[backend]
-    if backend == "mlx" and mlx_bits(quant.format) < 8:
-        per_weight += MLX_REPACKED_OVERHEAD_BYTES_PER_WEIGHT
-    return ISQ_OVERHEAD_BYTES[backend] + int(per_weight * parameters)
+    return ISQ_OVERHEAD_BYTES[backend]
 
 
 def _tensor_bits(tensor: TensorInfo, quant: QuantType, compute_bits: float,

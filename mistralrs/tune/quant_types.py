@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mistralrs.quant import ggml_blocks
+from mistralrs.quant.isq import AFQ_GROUP_SIZE
 
-AFQ_GROUP = 64  # MLX's default group size: one 16-bit scale and one 16-bit bias per 64 weights
+AFQ_GROUP = AFQ_GROUP_SIZE  # one 16-bit scale and one 16-bit bias per group
 UNQUANTIZED_BITS = {"bf16": 16, "f16": 16, "f32": 32}
 DTYPE_OF_TORCH_NAME = {"bfloat16": "bf16", "float16": "f16", "float32": "f32"}
 
