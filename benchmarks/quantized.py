@@ -20,6 +20,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -69,7 +70,8 @@ if model.endswith(".gguf"):
                        quantized_filename=os.path.basename(model))
     runner = Runner(which=which, max_seqs=1, no_paged_attn=True)
 else:
-    runner = Runner(which=Which.Plain(model_id=model), in_situ_quant=quant, max_seqs=1, no_paged_attn=True)
+    runner = Runner(which=Which.Plain(model_id=model), in_situ_quant=None if quant == "none" else quant,
+                    max_seqs=1, no_paged_attn=True)
 load_s = time.perf_counter() - start
 prompt = " ".join(f"word{i}" for i in range(int(prompt_len) // 3))
 best = {"prefill": 0.0, "decode": 0.0}
@@ -86,8 +88,8 @@ print(json.dumps(best))
 ORIGINAL_NAMES = {"q8_0": "Q8_0", "q4k": "Q4K", "q4_0": "Q4_0", "q6k": "Q6K", "q5k": "Q5K"}
 
 
-def measure(python: str, script: str, args: list[str]) -> dict:
-    done = subprocess.run([python, "-c", script, *args], capture_output=True, text=True, timeout=1800)
+def measure(python: str, script: str, args: list[str], cwd: str | None = None) -> dict:
+    done = subprocess.run([python, "-c", script, *args], capture_output=True, text=True, timeout=1800, cwd=cwd)
     if done.returncode != 0:
         return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -116,7 +118,7 @@ def main() -> None:
     shape = [str(args.prompt_len), str(args.gen_len), str(args.iterations)]
     print(f"backend {args.backend}, {args.prompt_len}-token prompt, {args.gen_len} generated, "
           f"best of {args.iterations}")
-    jobs = [(os.path.join(ROOT, "bench-models", m), q, "") for m in args.models for q in args.quant]
+    jobs = [(os.path.abspath(os.path.join(ROOT, "bench-models", m)), q, "") for m in args.models for q in args.quant]
     jobs += [(g, "none", "") for g in args.gguf]
     jobs += [(pair.split(":", 1)[0], "uqff", pair.split(":", 1)[1]) for pair in args.uqff]
     for model, quant, uqff in jobs:
@@ -124,7 +126,9 @@ def main() -> None:
         ours = measure(sys.executable, OURS, [model, quant, args.backend, *shape, uqff])
         print(row(f"ours     {name}", ours), flush=True)
         if args.original and not uqff:
-            theirs = measure(args.original, ORIGINAL, [model, ORIGINAL_NAMES.get(quant, quant), *shape])
+            # From another folder: run here, `import mistralrs` would find this checkout instead.
+            theirs = measure(args.original, ORIGINAL, [model, ORIGINAL_NAMES.get(quant, quant), *shape],
+                             cwd=tempfile.gettempdir())
             print(row(f"mistral.rs 0.9.5 {name}", theirs), flush=True)
 
 

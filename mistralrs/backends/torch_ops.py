@@ -291,7 +291,7 @@ class _PackedCpuWeight:
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
-_CALLABLE_WEIGHTS = (_PackedCpuWeight, torch_quant.Int4Weight, torch_quant.Int8Weight)
+_CALLABLE_WEIGHTS = (_PackedCpuWeight, torch_quant.Int4Weight, torch_quant.SplitInt4Weight, torch_quant.Int8Weight)
 
 
 def default_cpu_threads() -> int:
