@@ -209,10 +209,13 @@ def test_estimate_matches_the_benchmark_model(backend, quant):
 
 
 def test_resident_bits_follow_the_kernel_layouts():
-    # torch CPU: int4 groups with a bf16 scale and zero, or int8 rows with one bf16 scale per row.
+    # torch CPU: int4 groups with a bf16 scale and zero (two such matrices for 5-8 bits), or
+    # int8 rows with one bf16 scale per row for the 16-wide K-quants.
     assert resident_bits("Q4_K", "torch", "cpu", 4096, "bf16") == 4 + 32 / 32
     assert resident_bits("AFQ4", "torch", "cpu", 4096, "bf16") == 4 + 32 / 32  # groups of 32
-    for label in ("Q5_0", "Q5_K", "Q6_K", "Q8_0", "Q2_K", "Q3_K", "AFQ8"):
+    for label in ("Q5_0", "Q5_K", "Q8_0", "AFQ8"):
+        assert resident_bits(label, "torch", "cpu", 4096, "bf16") == 2 * (4 + 32 / 32), label
+    for label in ("Q6_K", "Q2_K", "Q3_K"):
         assert resident_bits(label, "torch", "cpu", 4096, "bf16") == 8 + 16 / 4096, label
     assert resident_bits("Q4_K", "torch", "cpu", 4096, "bf16", embedding=True) == 8 + 16 / 4096
     assert resident_bits("Q4_K", "torch", "cuda", 4096, "f16") == 16  # dequantized at load
@@ -221,5 +224,5 @@ def test_resident_bits_follow_the_kernel_layouts():
     assert resident_bits("Q4_K", "mlx", "metal", 4096, "f32") == 4 + 64 / 32
     assert resident_bits("Q6_K", "mlx", "cpu", 4096, "bf16") == 8 + 32 / 32
     assert resident_bits("Q3_K", "mlx", "cpu", 4096, "bf16") == 6 + 32 / 32
-    assert quantized_compute_dtype("f32", "torch", "cpu") == "bf16"
+    assert quantized_compute_dtype("bf16", "torch", "cpu") == "f32"
     assert quantized_compute_dtype("f32", "mlx", "cpu") == quantized_compute_dtype("f32", "torch", "cuda") == "f32"

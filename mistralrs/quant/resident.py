@@ -73,14 +73,15 @@ def resident_bits(label: str, backend: str, device: str, in_features: int, compu
     int8_rows = 8 + TORCH_SCALE_BITS / in_features
     if embedding:
         return int8_rows
-    if view is not None and view[0] <= 4 and view[1] in TORCH_INT4_GROUP_SIZES:
-        return 4 + 2 * TORCH_SCALE_BITS / view[1]
+    if view is not None and view[1] in TORCH_INT4_GROUP_SIZES:
+        int4 = 4 + 2 * TORCH_SCALE_BITS / view[1]  # values, then a bf16 scale and zero per group
+        return int4 if view[0] <= 4 else 2 * int4  # 5- to 8-bit formats run as two int4 matrices
     return int8_rows
 
 
 def quantized_compute_dtype(checkpoint_dtype: str, backend: str, device: str) -> str:
-    """The dtype a model loaded with ISQ runs at: torch's packed CPU kernels need bfloat16
-    activations, so a float32 checkpoint runs at bf16 there (engine.api._load_folder)."""
-    if backend == "torch" and device == "cpu" and DTYPE_BITS.get(checkpoint_dtype) == 32:
-        return "bfloat16" if checkpoint_dtype == "float32" else "bf16"
+    """The dtype a model loaded with ISQ runs at: on torch's CPU, float32 activations around
+    the integer kernels, whatever the checkpoint's dtype (engine.loading.load_folder)."""
+    if backend == "torch" and device == "cpu":
+        return "float32" if checkpoint_dtype in ("float32", "bfloat16", "float16") else "f32"
     return checkpoint_dtype
