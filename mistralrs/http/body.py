@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 import falcon
@@ -11,6 +12,8 @@ import falcon
 from mistralrs.http.errors import ApiError
 
 MAX_BODY_BYTES = 32 * 1024 * 1024  # far beyond any context window's worth of text
+# A \uD800-\uDFFF escape: JSON allows it, but a lone one is no Unicode text (the tokenizer rejects it).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def bad_request(message: str, param: str | None = None) -> ApiError:
@@ -35,6 +38,14 @@ def read_json_object(req: falcon.Request) -> dict:
         data = json.loads(raw, parse_constant=_reject_constant)  # NaN and Infinity are not JSON
     except (ValueError, UnicodeDecodeError) as exc:
         raise bad_request(f"The body is not valid JSON: {exc}.") from None
+    except RecursionError:
+        raise bad_request("The body's JSON is nested too deeply.") from None
+    if _SURROGATE_ESCAPE.search(raw):
+        try:  # pairs are fine; a lone surrogate cannot be encoded
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise bad_request("The body's JSON holds a lone UTF-16 surrogate (\\ud800-\\udfff), "
+                              "which is not text.") from None
     if not isinstance(data, dict):
         raise bad_request(f"The body must be a JSON object, not {_json_type(data)}.")
     return data
