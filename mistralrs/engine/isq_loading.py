@@ -33,7 +33,7 @@ class IsqPlan:
         self.ops = ops  # None: not loading onto a backend (writing files), so no kernel notes
         self.imatrix = imatrix or {}
         self.notes: dict[str, None] = {}  # ordered set
-        self.targets: dict[str, bool] = {}  # name -> is the output head
+        self.targets: dict[str, bool] = {}  # name -> takes the promoted type (head, embedding table)
         for name, owner, attr in model.weight_slots():
             if isinstance(owner, (Linear, Embedding)) and attr == "weight":
                 # The head and the embedding table (which a tied head shares) get the promoted type.
@@ -75,25 +75,27 @@ def quantized_batches(ops: Ops, files: list[str], plan: IsqPlan, dtype: str,
         origin, name, values = item
         return origin, name, values, plan.quantize(name, values)
 
-    def read() -> Iterator[tuple[str, str, np.ndarray]]:
-        for path in files:
-            origin = os.path.basename(path)
-            checkpoint = SafetensorsFile(path, "checkpoint file")
-            # In storage order, so the memory-mapped file is read front to back.
-            for name in sorted(checkpoint.keys(), key=lambda n: checkpoint.entries[n].begin):
-                values = checkpoint.array(name)
-                if checkpoint.entries[name].dtype in FLOAT_DTYPES:
-                    values = values.astype(np.float32, copy=False)
-                for kept_name, kept in sanitize({name: values}).items():
-                    yield origin, kept_name, kept
-
     total = sum(1 for _ in plan.targets)
     done = 0
-    for origin, name, values, q in _ordered_pool(convert, read()):
+    for origin, name, values, q in _ordered_pool(convert, checkpoint_tensors(files, sanitize)):
         if name in plan.targets:
             done += 1
             report(f"Quantizing to {plan.isq.name}: {done}/{total} tensors")
         yield origin, {name: q if q is not None else ops.asarray(values, dtype)}
+
+
+def checkpoint_tensors(files: list[str], sanitize: Callable[[dict], dict]) -> Iterator[tuple[str, str, np.ndarray]]:
+    """(file name, tensor name, array) for every checkpoint tensor, floats as float32, one at a time."""
+    for path in files:
+        origin = os.path.basename(path)
+        checkpoint = SafetensorsFile(path, "checkpoint file")
+        # In storage order, so the memory-mapped file is read front to back.
+        for name in sorted(checkpoint.keys(), key=lambda n: checkpoint.entries[n].begin):
+            values = checkpoint.array(name)
+            if checkpoint.entries[name].dtype in FLOAT_DTYPES:
+                values = values.astype(np.float32, copy=False)
+            for kept_name, kept in sanitize({name: values}).items():
+                yield origin, kept_name, kept
 
 
 def _ordered_pool(fn, items: Iterable, workers: int = 2, window: int = 4):

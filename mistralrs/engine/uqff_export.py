@@ -15,21 +15,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from mistralrs.backends import get_ops
-from mistralrs.engine.isq_loading import IsqPlan
+from mistralrs.engine.isq_loading import IsqPlan, checkpoint_tensors
 from mistralrs.engine.source import resolve_source
 from mistralrs.engine.weights import safetensors_files
 from mistralrs.errors import UserError
 from mistralrs.models.registry import build_model, resolve_architecture
 from mistralrs.quant import uqff
 from mistralrs.quant.isq import LEVELS, IsqType, parse_isq
-from mistralrs.quant.safetensors_io import FLOAT_DTYPES, SafetensorsFile
+from mistralrs.quant.safetensors_io import SafetensorsFile
 
 ASSETS = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
           "special_tokens_map.json", "chat_template.jinja", "chat_template.json")
@@ -143,16 +143,6 @@ def _layer_keys(outputs: list[dict]) -> set[str]:
     return {d["module"] for o in outputs for d in o["layer_details"]}
 
 
-def _checkpoint_tensors(files: list[str], sanitize) -> Iterator[tuple[str, np.ndarray]]:
-    for path in files:
-        checkpoint = SafetensorsFile(path, "checkpoint file")
-        for name in sorted(checkpoint.keys(), key=lambda n: checkpoint.entries[n].begin):
-            values = checkpoint.array(name)
-            if checkpoint.entries[name].dtype in FLOAT_DTYPES:
-                values = values.astype(np.float32, copy=False)
-            yield from sanitize({name: values}).items()
-
-
 def _target_biases(files: list[str], plan: IsqPlan) -> dict[str, np.ndarray]:
     """Biases of the quantized layers, read first: a shard stores a layer's bias with its weight."""
     wanted = {name[: -len(".weight")] for name in plan.targets}
@@ -169,7 +159,7 @@ def _quantized_layers(files, plan: IsqPlan, sanitize, residual: dict, written: d
     """(key, quantized tensor) pairs for write_uqff, streamed; the rest lands in `residual`."""
     total = len(plan.targets)
     done = 0
-    for name, values in _checkpoint_tensors(files, sanitize):
+    for _, name, values in checkpoint_tensors(files, sanitize):
         q = plan.quantize(name, values) if name in plan.targets else None
         if q is None:
             residual.setdefault(name, np.array(values))
