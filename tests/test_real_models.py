@@ -115,6 +115,10 @@ def test_isq_perplexity_and_answer(backend, smollm2_folder, reference_perplexity
     quant = case[0] if backend == "torch" else case[1]
     if backend == "torch" and case[1] == "afq8":
         pytest.skip("the same torch type as the q8_0 case")
+    if backend == "mlx" and quant == "q6k":
+        # ~45 s of MLX's CPU build for a format MLX runs as Q8_0 plus an 8-bit requantization,
+        # both checked against the dequantized blocks in test_isq.py.
+        pytest.skip("q6k is checked on the real model on torch only, to keep the suite short")
     allowed, answers_paris = case[2], case[3]
     llm = load(smollm2_folder, backend=backend, isq=quant, dtype=_isq_dtype(backend))
     score = perplexity(llm, PERPLEXITY_TEXT, max_tokens=256)
