@@ -14,14 +14,7 @@ import urllib.request
 import openai
 import pytest
 
-from mistralrs.cli.main import main
-
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
+from cli_runner import cli
 
 
 def config_error(capsys, tmp_path, text: str) -> str:

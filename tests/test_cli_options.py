@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from mistralrs.cli.main import main
+from cli_runner import cli
 from mistralrs.cli.unbuilt import UNBUILT_COMMANDS, UNBUILT_OPTIONS
 
 GLOBAL = ["--seed", "-l", "--log", "--token-source", "-h", "--help"]
@@ -53,13 +53,6 @@ POSITIONALS = {
     ("run",): ["auto", "text", "vision", "diffusion", "speech", "embedding"],
     ("completions",): ["bash", "zsh", "fish", "elvish", "powershell"],
 }
-
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 def assert_usage_error(capsys, *args: str) -> str:

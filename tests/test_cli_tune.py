@@ -13,11 +13,11 @@ import subprocess
 import sys
 
 import pytest
-from memory_check import estimated_load_bytes, measured_load_bytes, write_sized_qwen3
 
+from cli_runner import cli
+from memory_check import estimated_load_bytes, measured_load_bytes, write_sized_qwen3
 from mistralrs.cli.config_file import read_config_file
 from mistralrs.cli.loading import check_loading_options, load_model
-from mistralrs.cli.main import main
 from mistralrs.quant.resident import quantized_compute_dtype, resident_bits
 from mistralrs.tune import machine as machine_module
 from mistralrs.tune.machine import Machine
@@ -38,13 +38,6 @@ def fake_machine(monkeypatch):
     monkeypatch.setattr(machine_module, "detect_machine", lambda backend: current[0])
     monkeypatch.setenv("COLUMNS", "200")
     return lambda m: current.__setitem__(0, m)
-
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 def tune_json(capsys, *args: str) -> dict:

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from mistralrs.cli.main import main
+from cli_runner import cli
 from mistralrs.engine.api import load
 from mistralrs.engine.uqff_export import export_uqff
 from mistralrs.errors import UserError
@@ -101,19 +101,12 @@ def test_from_uqff_with_isq_is_refused(backend, exported):
 
 # ---- the command -------------------------------------------------------------------------
 
-def _cli(capsys, *args):
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
-
-
 def test_quantize_command_directory_and_file_modes(capsys, tiny_model_dir, tmp_path):
     folder = tiny_model_dir("qwen3")
-    code, out, err = _cli(capsys, "quantize", "-m", folder, "--isq", "q4_0,q8_0", "-o", str(tmp_path / "dir"))
+    code, out, err = cli(capsys, "quantize", "-m", folder, "--isq", "q4_0,q8_0", "-o", str(tmp_path / "dir"))
     assert code == 0, err
     assert "huggingface-cli upload" in out and (tmp_path / "dir" / "README.md").is_file()
-    code, out, err = _cli(capsys, "quantize", "-m", folder, "--isq", "q8_0", "-o", str(tmp_path / "one" / "m.uqff"),
+    code, out, err = cli(capsys, "quantize", "-m", folder, "--isq", "q8_0", "-o", str(tmp_path / "one" / "m.uqff"),
                           "--no-readme")
     assert code == 0, err
     assert (tmp_path / "one" / "m-0.uqff").is_file() and not (tmp_path / "one" / "README.md").exists()
@@ -122,7 +115,7 @@ def test_quantize_command_directory_and_file_modes(capsys, tiny_model_dir, tmp_p
 
 def test_quantize_command_bad_input_exits_2(capsys, tiny_model_dir, tmp_path):
     folder = tiny_model_dir("qwen3")
-    code, _, err = _cli(capsys, "quantize", "-m", folder, "--isq", "q4k,q8_0", "-o", str(tmp_path / "x.uqff"))
+    code, _, err = cli(capsys, "quantize", "-m", folder, "--isq", "q4k,q8_0", "-o", str(tmp_path / "x.uqff"))
     assert code == 2 and "one .uqff file" in err
-    code, _, err = _cli(capsys, "quantize", "-m", folder, "--isq", "q9", "-o", str(tmp_path))
+    code, _, err = cli(capsys, "quantize", "-m", folder, "--isq", "q9", "-o", str(tmp_path))
     assert code == 2 and "Unknown --isq" in err

@@ -15,22 +15,19 @@ import mlx.core as mx
 
 from mistralrs.quant.ggml_affine import affine_groups
 from mistralrs.quant.qtensor import QuantizedTensor, pack_bits
-
-# Bits MLX requantizes the 16-wide formats to: two 16-wide sub-blocks in one 32-wide group
-# have 2x their own levels, so a few more bits keep the values within a small error.
-REQUANTIZED_BITS = {"Q2_K": 6, "Q3_K": 6, "Q6_K": 8}
+from mistralrs.quant.resident import MLX_REQUANTIZED_BITS, MLX_REQUANTIZED_GROUP
 
 
 def layout(q: QuantizedTensor) -> str | None:
     if affine_groups(q) is not None:
         return None
-    return f"requantized to {REQUANTIZED_BITS[q.kind]}-bit MLX groups of 32 (MLX has no 16-wide groups)"
+    return f"requantized to {MLX_REQUANTIZED_BITS[q.kind]}-bit MLX groups of 32 (MLX has no 16-wide groups)"
 
 
 def prepare(q: QuantizedTensor, dtype) -> QuantizedWeight:
     groups = affine_groups(q)
     if groups is None:
-        bits, group_size = REQUANTIZED_BITS[q.kind], 32
+        bits, group_size = MLX_REQUANTIZED_BITS[q.kind], MLX_REQUANTIZED_GROUP
         weight, scales, biases = mx.quantize(mx.array(q.dequantize()), group_size=group_size, bits=bits)
     else:
         bits, group_size = groups.bits, groups.group_size

@@ -30,9 +30,10 @@ import torch.nn.functional as F
 
 from mistralrs.quant.ggml_affine import AffineGroups, affine_groups
 from mistralrs.quant.qtensor import QuantizedTensor
+from mistralrs.quant.resident import TORCH_INT4_GROUP_SIZES
 
 COMPUTE = torch.bfloat16
-INT4_GROUP_SIZES = (32, 64, 128, 256)
+INT4_GROUP_SIZES = TORCH_INT4_GROUP_SIZES
 # Rows of activations from which a dense bfloat16 matmul beats the packed kernels.
 DENSE_FROM_ROWS = 64
 

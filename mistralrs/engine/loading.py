@@ -141,9 +141,7 @@ def load_folder(ops: Ops, source: ModelSource, config: dict, key: str, dtype: st
         reader = open_for_model(from_uqff, folder, model)
         status.update(f"Loading {reader.files[0].name}")
         load_into(model, uqff_batches(ops, reader, folder, dtype), model.sanitize)
-        notes = {f"{w.label}: {ops.quantized_layout(w)}" for _, owner, attr in model.weight_slots()
-                 if isinstance(w := getattr(owner, attr), QUANTIZED) and ops.quantized_layout(w)}
-        for note in sorted(notes):
+        for note in kernel_notes(ops, model):
             status.note(f"UQFF {note}")
         finalize(ops, model)
         return LoadedModel(model, config, key, dtype)
@@ -163,6 +161,16 @@ def load_folder(ops: Ops, source: ModelSource, config: dict, key: str, dtype: st
             status.note(f"ISQ {isq.name}: {note}")
     finalize(ops, model)
     return LoadedModel(model, config, key, dtype)
+
+
+def kernel_notes(ops: Ops, model) -> list[str]:
+    """One line per stored format that the backend converts rather than runs as it is."""
+    layouts = {}
+    for _, owner, attr in model.weight_slots():
+        weight = getattr(owner, attr)
+        if isinstance(weight, QUANTIZED) and weight.label not in layouts:
+            layouts[weight.label] = ops.quantized_layout(weight)
+    return [f"{label}: {layout}" for label, layout in sorted(layouts.items()) if layout]
 
 
 def load_gguf(ops: Ops, source: ModelSource, dtype: str, arch: str | None, status: LoadStatus):
@@ -197,9 +205,7 @@ def load_gguf(ops: Ops, source: ModelSource, dtype: str, arch: str | None, statu
         status.update(f"Loading {origin}: {done}/{total} tensors")
 
     load_into(model, batches(), model.sanitize, report, len(names))
-    notes = {ops.quantized_layout(w) and f"{w.kind}: {ops.quantized_layout(w)}"
-             for _, owner, attr in model.weight_slots() if isinstance(w := getattr(owner, attr), GgmlTensor)}
-    for note in sorted(n for n in notes if n):
+    for note in kernel_notes(ops, model):
         status.note(f"{origin}: {note}")
     finalize(ops, model)
     tok = None  # without one in the file, load() asks for -t / --tok-model-id

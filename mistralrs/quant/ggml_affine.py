@@ -72,7 +72,7 @@ def _k_quant(b: np.ndarray, kind: str):
     return q.reshape(-1, GROUP), (d * sc.astype(F32)).reshape(-1), -(dmin * mn.astype(F32)).reshape(-1)
 
 
-_BITS = {"Q4_0": 4, "Q4_1": 4, "Q4_K": 4, "Q5_0": 5, "Q5_1": 5, "Q5_K": 5, "Q8_0": 8, "Q8_1": 8, "Q8_K": 8}
+AFFINE_BITS = {"Q4_0": 4, "Q4_1": 4, "Q4_K": 4, "Q5_0": 5, "Q5_1": 5, "Q5_K": 5, "Q8_0": 8, "Q8_1": 8, "Q8_K": 8}
 
 
 def affine_groups(t: QuantizedTensor) -> AffineGroups | None:
@@ -81,13 +81,13 @@ def affine_groups(t: QuantizedTensor) -> AffineGroups | None:
         from .qtensor import unpack_bits
 
         return AffineGroups(t.bits, t.group_size, unpack_bits(t.weight, t.bits, t.shape[1]), t.scales, t.biases)
-    if t.kind not in _BITS:
+    if t.kind not in AFFINE_BITS:
         return None
     rows, cols = t.shape
     blocks = np.ascontiguousarray(t.data).reshape(-1, ggml_blocks.type_size(t.kind))
     q, scale, bias = (_k_quant if t.kind in ("Q4_K", "Q5_K") else _legacy)(blocks, t.kind)
     return AffineGroups(
-        _BITS[t.kind], GROUP,
+        AFFINE_BITS[t.kind], GROUP,
         np.ascontiguousarray(q, dtype=np.uint8).reshape(rows, cols),
         scale.astype(F32).reshape(rows, cols // GROUP),
         bias.astype(F32).reshape(rows, cols // GROUP),
@@ -95,4 +95,4 @@ def affine_groups(t: QuantizedTensor) -> AffineGroups | None:
 
 
 def is_affine(t: QuantizedTensor) -> bool:
-    return isinstance(t, AfqTensor) or (isinstance(t, GgmlTensor) and t.kind in _BITS)
+    return isinstance(t, AfqTensor) or (isinstance(t, GgmlTensor) and t.kind in AFFINE_BITS)

@@ -18,16 +18,17 @@ Pure arithmetic: no torch or MLX import, so `mistralrs tune` can use it on any m
 
 from __future__ import annotations
 
-from mistralrs.quant.isq import AFQ_GROUP_SIZE
+from mistralrs.quant.ggml_affine import AFFINE_BITS as GGML_AFFINE
+from mistralrs.quant.ggml_affine import GROUP as GGML_GROUP
+from mistralrs.quant.isq import AFQ_GROUP_SIZE as AFQ_GROUP
 
-# Formats that are affine groups underneath (quant/ggml_affine.py): bits and group size.
-GGML_AFFINE = {"Q4_0": 4, "Q4_1": 4, "Q4_K": 4, "Q5_0": 5, "Q5_1": 5, "Q5_K": 5, "Q8_0": 8, "Q8_1": 8, "Q8_K": 8}
-GGML_GROUP = 32
-AFQ_GROUP = AFQ_GROUP_SIZE
-# Formats with 16-wide sub-blocks, which MLX requantizes (mlx_quant.REQUANTIZED_BITS), in groups of 32.
+# The kernels' layout choices live here, backend-free, and backends/*_quant.py import them,
+# so `tune` counts exactly what the kernels hold without importing torch or MLX.
+# Bits MLX requantizes the 16-wide formats to, in groups of 32: two 16-wide sub-blocks in one
+# group have twice their own levels, so a few more bits keep the values within a small error.
 MLX_REQUANTIZED_BITS = {"Q2_K": 6, "Q3_K": 6, "Q6_K": 8}
 MLX_REQUANTIZED_GROUP = 32
-TORCH_INT4_GROUP_SIZES = (32, 64, 128, 256)  # torch_quant.INT4_GROUP_SIZES
+TORCH_INT4_GROUP_SIZES = (32, 64, 128, 256)  # the group sizes _weight_int4pack_mm_for_cpu takes
 TORCH_SCALE_BITS = 16  # torch_quant.COMPUTE is bfloat16
 DTYPE_BITS = {"f32": 32, "bf16": 16, "f16": 16, "float32": 32, "bfloat16": 16, "float16": 16}
 
