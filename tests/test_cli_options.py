@@ -165,7 +165,6 @@ UNBUILT_ARGS = {
     "prefix_cache_n": ["--prefix-cache-n", "4"],
     "enable_search": ["--enable-search"],
     "search_embedding_model": ["--search-embedding-model", "embedding-gemma"],
-    "gqa": ["--gqa", "8"],
     "paged_attn": ["--paged-attn", "on"],
     "pa_context_len": ["--pa-context-len", "8192"],
     "pa_memory_mb": ["--pa-memory-mb", "4096"],

@@ -79,6 +79,7 @@ def load_model(opts: Options) -> LLM:
         quantized_file=opts.get("quantized_file"),
         format=opts.get("format") or "auto",
         tok_model_id=opts.get("tok_model_id"),
+        gqa=opts.get("gqa") or 1,
         threads=opts.get("threads"),
         isq=opts.get("isq"),
         isq_organization=opts.get("isq_organization") or "default",

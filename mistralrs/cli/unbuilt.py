@@ -26,8 +26,6 @@ UNBUILT_OPTIONS: dict[str, UnbuiltOption] = {
     "prefix_cache_n": UnbuiltOption("--prefix-cache-n", "prefix caching", (16, 0)),
     "enable_search": UnbuiltOption("--enable-search", "web search"),
     "search_embedding_model": UnbuiltOption("--search-embedding-model", "web search"),
-    # quantization
-    "gqa": UnbuiltOption("--gqa", "GGML models", (1,)),
     # paged attention
     "paged_attn": UnbuiltOption("--paged-attn", "PagedAttention", ("auto", "off")),
     "pa_context_len": UnbuiltOption("--pa-context-len", "PagedAttention"),

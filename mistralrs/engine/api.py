@@ -23,6 +23,7 @@ from mistralrs.engine.loading import (
     calibrate,
     generation_defaults,
     load_folder,
+    load_ggml,
     load_gguf,
     read_json,
     resolve_isq,
@@ -55,6 +56,7 @@ def load(
     quantized_file: str | None = None,
     format: str = "auto",
     tok_model_id: str | None = None,
+    gqa: int = 1,
     threads: int | None = None,
     max_seq_len: int | None = None,
     prefill_chunk: int = 1024,
@@ -68,6 +70,8 @@ def load(
     """Load a model for generation.
 
     model_id: a local HF folder, a .gguf file, a built-in alias ("smollm2"), or a hub repo id.
+    format: auto, plain, gguf or ggml (llama.cpp's pre-GGUF format, with `quantized_file`);
+    gqa: for GGML files, attention heads per key/value head (8 for Llama-2-70B).
     dtype: auto (the checkpoint's), bf16, f16 or f32. backend: auto, torch or mlx.
     isq: quantize the projections while loading ("q4k", "q8_0", "afq4", or a level 2-8).
     from_uqff: UQFF file(s) with the quantized layers (`;`-separated; shards are found).
@@ -78,6 +82,8 @@ def load(
         raise UserError(f"Unknown --dtype `{dtype}`: use auto, bf16, f16 or f32.", param="dtype")
     if prefill_chunk < 1:
         raise UserError("prefill_chunk must be at least 1.", param="prefill_chunk")
+    if not isinstance(gqa, int) or gqa < 1:
+        raise UserError(f"--gqa must be a whole number of at least 1, not {gqa!r}.", param="gqa")
     ops = get_ops(backend, cpu=cpu)
     heap.mmap_threshold(128 * 1024)  # see heap.mmap_threshold
     isq_type = resolve_isq(isq, isq_organization, ops)
@@ -91,6 +97,10 @@ def load(
         ops.set_threads(threads)
     source = resolve_source(model_id, quantized_files=quantized_file, fmt=format, hf_cache=hf_cache,
                             token=token, revision=revision)
+    if gqa != 1 and not source.is_ggml:
+        raise UserError(f"--gqa {gqa} applies to GGML files only (GGUF files and Hugging Face folders "
+                        "store their key/value heads); drop --gqa, or load a GGML file with --format ggml.",
+                        param="gqa")
     from mistralrs.engine.chat_template import load_chat_template
     from mistralrs.engine.tokenizer import Tokenizer
 
@@ -121,10 +131,13 @@ def load(
         raise UserError("--from-uqff loads layers quantized ahead of time; it cannot be combined with "
                         "--isq or a GGUF file. Pick one way to get a quantized model.", param="from_uqff")
     if source.is_gguf and isq_type is not None:
-        raise UserError("--isq quantizes a float checkpoint while loading; this GGUF file is already "
-                        "quantized and runs as it is. Drop --isq, or pass the Hugging Face folder.", param="isq")
+        raise UserError(f"--isq quantizes a float checkpoint while loading; this {source.file_format.upper()} file "
+                        "is already quantized and runs as it is. Drop --isq, or pass the Hugging Face folder.", param="isq")
     if source.is_gguf:
-        loaded, gguf_tok = load_gguf(ops, source, DTYPE_NAMES[dtype], arch, status)
+        if source.is_ggml:
+            loaded, gguf_tok = load_ggml(ops, source, DTYPE_NAMES[dtype], arch, status, gqa)
+        else:
+            loaded, gguf_tok = load_gguf(ops, source, DTYPE_NAMES[dtype], arch, status)
         if tok is None:
             tok = gguf_tok or Tokenizer.from_dir(tok_folder)  # the latter raises a clear error
             template = template_for(tok)

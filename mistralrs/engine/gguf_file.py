@@ -191,28 +191,41 @@ def _open_part(path: str) -> _GGUFPart:
     if os.path.isdir(path):
         raise _fail(path, "it is a folder, not a file.", "Pass the .gguf file inside it.")
     size = os.path.getsize(path)
+
+    def check(handle) -> None:
+        magic = handle.read(4)
+        if len(magic) == 4 and magic != _GGUF_MAGIC:
+            raise _fail(
+                path,
+                f"it is not a GGUF file (it starts with {magic!r}, not {_GGUF_MAGIC!r}).",
+                "Pass a .gguf file; for safetensors weights pass the model's Hugging Face folder instead.",
+            )
+        if size < 24:
+            raise _fail(path, f"the file is only {size} bytes, too short for a GGUF header.", _REDOWNLOAD)
+
+    buffer = map_file(path, _fail, check)
+    metadata, tensors = parse_or_close(buffer, _parse_header, path, buffer, size)
+    return _GGUFPart(path, metadata, tensors, buffer)
+
+
+def map_file(path: str, fail, check=None) -> mmap.mmap:
+    """The file mapped read-only, after `check(handle)`; an OSError becomes `fail(path, problem, fix)`."""
     try:
         with open(path, "rb") as handle:
-            magic = handle.read(4)
-            if len(magic) == 4 and magic != _GGUF_MAGIC:
-                raise _fail(
-                    path,
-                    f"it is not a GGUF file (it starts with {magic!r}, not {_GGUF_MAGIC!r}).",
-                    "Pass a .gguf file; for safetensors weights pass the model's Hugging Face folder instead.",
-                )
-            if size < 24:
-                raise _fail(path, f"the file is only {size} bytes, too short for a GGUF header.", _REDOWNLOAD)
-            buffer = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+            if check is not None:
+                check(handle)
+            return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
     except OSError as exc:
-        raise _fail(
-            path, f"it cannot be read ({exc.strerror or exc}).", "Check the file's permissions."
-        ) from None
+        raise fail(path, f"it cannot be read ({exc.strerror or exc}).", "Check the file's permissions.") from None
+
+
+def parse_or_close(buffer: mmap.mmap, parse, *args):
+    """`parse(*args)`, closing the mapping if it raises."""
     try:
-        metadata, tensors = _parse_header(path, buffer, size)
+        return parse(*args)
     except BaseException:
         buffer.close()
         raise
-    return _GGUFPart(path, metadata, tensors, buffer)
 
 
 def _parse_header(path: str, buffer: mmap.mmap, size: int) -> tuple[dict[str, Any], list[_TensorEntry]]:
@@ -845,7 +858,11 @@ def read_gguf(paths: list[str] | str) -> GGUFModel:
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [os.fspath(paths)]
-    parts = _open_parts(list(paths))
+    return model_from_parts(_open_parts(list(paths)))
+
+
+def model_from_parts(parts: list[_GGUFPart]) -> GGUFModel:
+    """The HF view of parsed parts (GGML files come here too, their header recast as GGUF metadata)."""
     first = parts[0]
     architecture = _check_architecture(first)
     meta = _Metadata(first.metadata, architecture, first.path)

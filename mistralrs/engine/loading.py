@@ -1,5 +1,6 @@
 """Building a model from its files: safetensors folders (plain, in-situ quantized, or with
-UQFF layers) and GGUF files. `engine.api.load` validates the request and calls these.
+UQFF layers) and llama.cpp files (GGUF, and GGML read into the same view).
+`engine.api.load` validates the request and calls these.
 """
 
 from __future__ import annotations
@@ -173,11 +174,14 @@ def kernel_notes(ops: Ops, model) -> list[str]:
     return [f"{label}: {layout}" for label, layout in sorted(layouts.items()) if layout]
 
 
-def load_gguf(ops: Ops, source: ModelSource, dtype: str, arch: str | None, status: LoadStatus):
+def load_gguf(ops: Ops, source: ModelSource, dtype: str, arch: str | None, status: LoadStatus,
+              gguf=None):
+    """A GGUF model, or any file already read into `gguf_file.GGUFModel`'s view (`gguf`)."""
     from mistralrs.engine.gguf_file import read_gguf
     from mistralrs.engine.tokenizer import Tokenizer
 
-    gguf = read_gguf(source.gguf_files)
+    if gguf is None:
+        gguf = read_gguf(source.gguf_files)
     config = gguf.config
     key = resolve_architecture(config, arch)
     dtype = "float32" if dtype == "auto" else dtype
@@ -212,6 +216,13 @@ def load_gguf(ops: Ops, source: ModelSource, dtype: str, arch: str | None, statu
     if gguf.has_tokenizer:
         tok = Tokenizer(gguf.tokenizer, gguf.tokenizer_config, gguf.generation_config, origin=source.gguf_files[0])
     return LoadedModel(model, config, key, dtype), tok
+
+
+def load_ggml(ops: Ops, source: ModelSource, dtype: str, arch: str | None, status: LoadStatus, gqa: int = 1):
+    """A GGML (pre-GGUF llama.cpp) Llama file; `gqa` attention heads share each key/value head."""
+    from mistralrs.engine.ggml_file import read_ggml
+
+    return load_gguf(ops, source, dtype, arch, status, read_ggml(source.gguf_files[0], gqa))
 
 
 def finalize(ops: Ops, model) -> None:

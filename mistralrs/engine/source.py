@@ -1,4 +1,4 @@
-"""Where a model comes from: a local folder, a built-in alias, a GGUF file, or a Hugging Face repo."""
+"""Where a model comes from: a local folder, a built-in alias, a GGUF or GGML file, or a Hugging Face repo."""
 
 from __future__ import annotations
 
@@ -17,11 +17,30 @@ HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "tokenizer.model", "*.txt"
 class ModelSource:
     model_id: str  # what the user typed
     folder: str | None = None  # HF-style folder (config.json, safetensors, tokenizer files)
-    gguf_files: list[str] = field(default_factory=list)
+    gguf_files: list[str] = field(default_factory=list)  # llama.cpp file(s), GGUF or GGML
+    file_format: str = "gguf"  # of gguf_files: "gguf", or "ggml" (llama.cpp's format before GGUF)
 
     @property
     def is_gguf(self) -> bool:
+        """A llama.cpp file (GGUF, or GGML: see `file_format`) rather than an HF folder."""
         return bool(self.gguf_files)
+
+    @property
+    def is_ggml(self) -> bool:
+        return self.is_gguf and self.file_format == "ggml"
+
+
+def _llama_cpp_source(model_id: str, folder: str, files: list[str], fmt: str) -> ModelSource:
+    """GGUF or GGML files: --format says which, else the first file's magic number."""
+    from mistralrs.engine.ggml_file import sniff_ggml
+
+    is_ggml = fmt == "ggml" or (fmt == "auto" and sniff_ggml(files[0]))
+    if is_ggml and len(files) > 1:
+        raise ModelLoadError(
+            f"-f/--quantized-file names {len(files)} files, and a GGML model is one file; "
+            "name the single GGML .bin file."
+        )
+    return ModelSource(model_id, folder=folder, gguf_files=files, file_format="ggml" if is_ggml else "gguf")
 
 
 def resolve_source(
@@ -38,11 +57,6 @@ def resolve_source(
         raise ModelLoadError("No model given: pass -m/--model-id with a local folder or a Hugging Face repo id.")
     if fmt not in ("auto", "plain", "gguf", "ggml"):
         raise ModelLoadError(f"Unknown --format `{fmt}`: use plain, gguf or ggml (or leave it out to detect).")
-    if fmt == "ggml":
-        raise ModelLoadError(
-            "--format ggml (the pre-GGUF llama.cpp format) is not supported yet; "
-            "convert the file to GGUF with llama.cpp's convert script."
-        )
     parts = [p.strip() for p in (quantized_files or "").split(";") if p.strip()]
 
     from mistralrs.engine.builtin_models import resolve_builtin
@@ -53,11 +67,14 @@ def resolve_source(
 
     expanded = os.path.expanduser(model_id)
     if os.path.isfile(expanded):
-        if expanded.endswith(".gguf") or fmt == "gguf":
-            return ModelSource(model_id, folder=os.path.dirname(os.path.abspath(expanded)), gguf_files=[expanded])
+        from mistralrs.engine.ggml_file import sniff_ggml
+
+        if expanded.endswith(".gguf") or fmt in ("gguf", "ggml") or sniff_ggml(expanded):
+            folder = os.path.dirname(os.path.abspath(expanded))
+            return _llama_cpp_source(model_id, folder, [expanded], fmt)
         raise ModelLoadError(
             f"-m {model_id} is a file; pass the model's folder (with config.json), "
-            "or a .gguf file, or use -f/--quantized-file for quantized files inside a folder."
+            "or a .gguf or GGML file, or use -f/--quantized-file for quantized files inside a folder."
         )
     if os.path.isdir(expanded):
         return _local_folder(model_id, expanded, parts, fmt)
@@ -79,7 +96,12 @@ def _local_folder(model_id: str, folder: str, parts: list[str], fmt: str) -> Mod
         missing = [f for f in files if not os.path.exists(f)]
         if missing:
             raise ModelLoadError(f"-f/--quantized-file: {', '.join(missing)} does not exist.")
-        return ModelSource(model_id, folder=folder, gguf_files=files)
+        return _llama_cpp_source(model_id, folder, files, fmt)
+    if fmt == "ggml":
+        raise ModelLoadError(
+            f"--format ggml needs -f/--quantized-file naming the GGML .bin file in {folder} "
+            "(or pass the file itself to -m)."
+        )
     if fmt == "gguf" or not os.path.exists(os.path.join(folder, "config.json")):
         ggufs = sorted(f for f in os.listdir(folder) if f.endswith(".gguf"))
         if fmt == "gguf" or ggufs:
@@ -112,7 +134,7 @@ def _from_hub(model_id, parts, fmt, hf_cache, token, revision) -> ModelSource:
             files = [
                 hf_hub_download(model_id, p, cache_dir=hf_cache, token=token, revision=revision) for p in parts
             ]
-            return ModelSource(model_id, folder=os.path.dirname(files[0]), gguf_files=files)
+            return _llama_cpp_source(model_id, os.path.dirname(files[0]), files, fmt)
         folder = snapshot_download(
             model_id, cache_dir=hf_cache, token=token, revision=revision, allow_patterns=HUB_PATTERNS
         )
@@ -135,6 +157,7 @@ def _from_hub(model_id, parts, fmt, hf_cache, token, revision) -> ModelSource:
         ) from None
     except OSError as exc:
         raise ModelLoadError(f"Downloading {model_id} failed: {exc}") from None
-    if fmt == "gguf" and not parts:
-        raise ModelLoadError(f"--format gguf needs -f/--quantized-file naming the .gguf file(s) in {model_id}.")
+    if fmt in ("gguf", "ggml") and not parts:
+        kind = ".gguf file(s)" if fmt == "gguf" else "GGML .bin file"
+        raise ModelLoadError(f"--format {fmt} needs -f/--quantized-file naming the {kind} in {model_id}.")
     return _local_folder(model_id, folder, [], fmt)
