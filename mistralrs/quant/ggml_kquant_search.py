@@ -1,0 +1,306 @@
+"""ggml's K-quant scale searches (ggml-quants.c), vectorised over groups, bit for bit.
+
+Every function here works in *column layout*: a group of n elements (a 16- or 32-element
+sub-block, or a super-block's 8 sub-block scales) is a column of an (n, groups) float32 array.
+That layout makes every step one numpy call over all groups at once, and it makes ggml's
+left-to-right float32 sums cheap: `_colsum` adds row after row, which is exactly the order of
+ggml's `for (i = 0; i < n; ++i) sum += ...`, while a sum along a contiguous axis would be
+pairwise (another rounding) and `cumsum` is slow.
+
+Bit-exactness rests on three rules, kept throughout:
+- the same float32 operations in the same order as the C (`w*x*l` is `(w*x)*l`);
+- the same tie rules (`if (err < best)` keeps the first best candidate);
+- ggml's `nearest_int` (round half to even through the 1.5*2^23 trick). Where every value is
+  known to lie within +-2^22 this equals `np.rint`, which is cheaper; where that cannot be
+  shown (degenerate groups, infinities, NaN) the exact bit trick runs instead.
+
+Instead of copying the candidate codes L on every accepted step, the searches remember the
+(iscale, min) a group's best codes were rounded with and round them once more at the end;
+rounding is deterministic, so that gives the same L.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+F32 = np.float32
+GROUP_MAX_EPS = F32(1e-15)
+MAGIC = F32(12582912.0)  # 1.5 * 2^23
+RINT_SAFE = F32(4194304.0)  # 2^22: below it nearest_int(v) == rint(v)
+
+
+def nearest_int(v: np.ndarray) -> np.ndarray:
+    """ggml's nearest_int, bit for bit: add 1.5*2^23 in float32 and read the mantissa.
+
+    Round half to even for |v| < 2^22; larger values give the same garbage as in C, which
+    the callers then clamp, so even degenerate blocks match ggml.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        bits = (np.asarray(v, F32) + MAGIC).view(np.int32)
+    return (bits & 0x007FFFFF) - 0x00400000
+
+
+def seq_sum(a: np.ndarray) -> np.ndarray:
+    """Sum over the last axis left to right in float32, as a C `for` loop does."""
+    return np.cumsum(a, axis=-1, dtype=F32)[..., -1]
+
+
+def colsum(a: np.ndarray) -> np.ndarray:
+    """Sum of the rows of a 2-D float32 array, a[0] + a[1] + ... in that order, per column.
+
+    numpy reduces over the outer axis of a C-contiguous array by adding whole rows into the
+    output, i.e. sequentially per column; with a single column it would reduce pairwise
+    instead, so narrow or strided inputs take the (slower) cumulative sum.
+    """
+    if a.shape[1] >= 4 and a.flags.c_contiguous:
+        return np.add.reduce(a, axis=0)
+    return np.cumsum(a.T, axis=-1, dtype=F32)[:, -1]  # sequential, but slow
+
+
+def to_columns(x: np.ndarray, n: int) -> np.ndarray:
+    """(..., n) -> contiguous (n, groups)."""
+    return np.ascontiguousarray(x.reshape(-1, n).T)
+
+
+def round_clip(t: np.ndarray, lo: int, hi: int, safe: bool) -> np.ndarray:
+    """In place: t <- MAX(lo, MIN(hi, nearest_int(t))) as float32. `safe`: every |t| < 2^22."""
+    if safe:
+        np.rint(t, out=t)
+        np.clip(t, lo, hi, out=t)
+    else:
+        t[...] = np.clip(nearest_int(t), lo, hi)
+    return t
+
+
+def _all_below(bound: np.ndarray, skip: np.ndarray) -> bool:
+    """True when every group not in `skip` has bound < 2^22 (NaN counts as not below)."""
+    return bool(np.all((bound < RINT_SAFE) | skip))
+
+
+def signed_absmax(xt: np.ndarray) -> np.ndarray:
+    """Per column, the element with the largest |x| (the first on ties), as `if (ax > amax)`."""
+    return np.take_along_axis(xt, np.abs(xt).argmax(axis=0)[None, :], axis=0)[0]
+
+
+# --- make_qkx2_quants: affine (scale, min) search ------------------------------------------
+
+
+def make_qkx2_quants(xt, wt, nmax, rmin, rdelta, nstep, use_mad):
+    """ggml's make_qkx2_quants per column of xt with weights wt (both (n, groups)).
+
+    Returns (scale, the_min (= -min), L float32 (n, groups)).
+    """
+    xmin = xt.min(axis=0)
+    mn = np.minimum(xmin, F32(0))
+    mx = xt.max(axis=0)
+    flat = mx == mn  # ggml returns L = 0, scale 0 before searching
+    t = np.empty_like(xt)
+    b = np.empty_like(xt)
+    wl = np.empty_like(xt)
+    sum_w = colsum(wt)
+    np.multiply(wt, xt, out=b)
+    sum_x = colsum(b)
+
+    def grid(iscale, mn):
+        """Laux[i] = MAX(0, MIN(nmax, nearest_int(iscale*(x[i] - min)))), into t."""
+        # x - min lies in [xmin - min, mx - min] (rounding is monotonic), so this bounds |t|.
+        bound = np.abs(iscale) * np.maximum(np.abs(xmin - mn), np.abs(mx - mn))
+        np.subtract(xt, mn, out=t)
+        np.multiply(t, iscale, out=t)
+        return round_clip(t, 0, nmax, _all_below(bound, flat))
+
+    def error(scale, mn, la):
+        """sum_i w[i] * err(scale*L[i] + min - x[i]), in order."""
+        np.multiply(la, scale, out=b)
+        np.add(b, mn, out=b)
+        np.subtract(b, xt, out=b)
+        (np.abs if use_mad else np.square)(b, out=b)
+        np.multiply(b, wt, out=b)
+        return colsum(b)
+
+    with np.errstate(all="ignore"):
+        iscale = F32(nmax) / (mx - mn)
+        scale = F32(1) / iscale
+        best = error(scale, mn, grid(iscale, mn))
+        best[flat] = -np.inf  # no candidate is ever better
+        l_iscale, l_min = iscale, mn  # what the best L was rounded with
+        for step in range(nstep + 1):
+            # ggml re-reads `min` each step, so an accepted step moves the grid of the next one.
+            iscale = (F32(rmin) + F32(rdelta) * F32(step) + F32(nmax)) / (mx - mn)
+            la = grid(iscale, mn)
+            np.multiply(wt, la, out=wl)
+            sum_l = colsum(wl)
+            np.multiply(wl, la, out=b)
+            sum_l2 = colsum(b)
+            np.multiply(wl, xt, out=b)
+            sum_xl = colsum(b)
+            D = sum_w * sum_l2 - sum_l * sum_l
+            this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
+            this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
+            pos = this_min > 0
+            if pos.any():
+                this_min[pos] = 0
+                this_scale = np.where(pos, sum_xl / sum_l2, this_scale)
+            cur = error(this_scale, this_min, la)
+            better = (D > 0) & (cur < best)
+            if better.any():
+                best = np.where(better, cur, best)
+                scale = np.where(better, this_scale, scale)
+                l_iscale = np.where(better, iscale, l_iscale)
+                l_min = np.where(better, mn, l_min)
+                mn = np.where(better, this_min, mn)
+        L = grid(l_iscale, l_min)
+    L[:, flat] = 0
+    return np.where(flat, F32(0), scale), -mn, L
+
+
+# --- make_qx_quants: symmetric search (rmse_type 1) -----------------------------------------
+
+
+def make_qx_quants(xt, nmax, wt=None):
+    """ggml's make_qx_quants(rmse_type=1) per column: weights x^2, or `wt` (the imatrix).
+
+    Returns (scale, L float32 (n, groups) in [0, 2*nmax)).
+    """
+    mx = signed_absmax(xt)
+    zero = np.abs(mx) < GROUP_MAX_EPS
+    w = xt * xt if wt is None else wt
+    wx = w * xt
+    t = np.empty_like(xt)
+    b = np.empty_like(xt)
+
+    def trial(iscale):
+        # |iscale*x| <= |iscale*max| by monotonic rounding.
+        np.multiply(xt, iscale, out=t)
+        round_clip(t, -nmax, nmax - 1, _all_below(np.abs(iscale * mx), zero))
+        np.multiply(wx, t, out=b)
+        sumlx = colsum(b)
+        np.multiply(w, t, out=b)
+        np.multiply(b, t, out=b)
+        return sumlx, colsum(b)
+
+    with np.errstate(all="ignore"):
+        iscale = F32(-nmax) / mx
+        sumlx, suml2 = trial(iscale)
+        scale = np.where(suml2 != 0, sumlx / suml2, F32(0))
+        best = scale * sumlx
+        l_iscale = iscale
+        for step in range(-9, 10):
+            if step == 0:
+                continue
+            iscale = -(F32(nmax) + F32(0.1) * F32(step)) / mx
+            sumlx, suml2 = trial(iscale)
+            better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
+            if better.any():
+                scale = np.where(better, sumlx / suml2, scale)
+                best = np.where(better, scale * sumlx, best)
+                l_iscale = np.where(better, iscale, l_iscale)
+        np.multiply(xt, l_iscale, out=t)
+        L = round_clip(t, -nmax, nmax - 1, _all_below(np.abs(l_iscale * mx), zero))
+    L += nmax
+    L[:, zero] = 0
+    return np.where(zero, F32(0), scale), L
+
+
+# --- make_q3_quants and make_qp_quants: coordinate descent ----------------------------------
+
+
+def _descend(xt, w, wx, L, sumlx, suml2, lo, hi, uint8_codes):
+    """ggml's "itry" loop: up to 5 passes, each over the elements in order, per column.
+
+    make_q3_quants (uint8_codes False, the codes clamp to [lo, hi]) and make_qp_quants
+    (uint8_codes True: MIN(nmax, .) only, `sl2 > 0` tested first, L stored to a uint8_t)
+    differ in those details only. L (float32, (n, groups)) is updated in place.
+    A pass that changes nothing in a column leaves it as it was, so only the columns that
+    changed in the previous pass are visited again.
+    """
+    n = xt.shape[0]
+    cols = None  # all columns
+    for _ in range(5):
+        if cols is None:
+            x_, w_, wx_, L_, slx_all, sl2_all = xt, w, wx, L, sumlx, suml2
+        else:
+            x_, w_, wx_, L_ = xt[:, cols], w[:, cols], wx[:, cols], L[:, cols]
+            slx_all, sl2_all = sumlx[cols], suml2[cols]
+        changed = np.zeros(x_.shape[1], bool)
+        sq = slx_all * slx_all
+        for i in range(n):
+            li = L_[i]
+            slx = slx_all - wx_[i] * li
+            sl2 = sl2_all - w_[i] * li * li
+            bits = ((x_[i] * sl2) / slx + MAGIC).view(np.int32)
+            bits &= 0x007FFFFF
+            if uint8_codes:
+                new_l = np.subtract(np.minimum(bits, 0x00400000 + hi), 0x00400000, dtype=F32)
+            else:
+                new_l = np.subtract(np.clip(bits, 0x00400000 + lo, 0x00400000 + hi), 0x00400000, dtype=F32)
+            slx2 = slx + wx_[i] * new_l
+            sl22 = sl2 + w_[i] * new_l * new_l
+            upd = (slx > 0) & (sl2 > 0 if uint8_codes else sl22 > 0) & (new_l != li)
+            upd &= slx2 * slx2 * sl2_all > sq * sl22
+            if upd.any():
+                changed |= upd
+                if uint8_codes:
+                    new_l = (new_l.astype(np.int32) & 0xFF).astype(F32)
+                np.copyto(li, new_l, where=upd)
+                np.copyto(slx_all, slx2, where=upd)
+                np.copyto(sl2_all, sl22, where=upd)
+                sq = slx_all * slx_all
+        if cols is not None:
+            L[:, cols] = L_
+            sumlx[cols] = slx_all
+            suml2[cols] = sl2_all
+            cols = cols[changed]
+        else:
+            cols = np.flatnonzero(changed)
+        if not len(cols):
+            break
+    return L, sumlx, suml2
+
+
+def make_q3_quants(xt, nmax):
+    """ggml's make_q3_quants(do_rmse=true) per column; returns (scale, L float32 in [0, 2*nmax))."""
+    mx = signed_absmax(xt)
+    zero = np.abs(mx) < GROUP_MAX_EPS
+    w = xt * xt
+    wx = w * xt
+    with np.errstate(all="ignore"):
+        iscale = F32(-nmax) / mx
+        L = round_clip(xt * iscale, -nmax, nmax - 1, _all_below(np.abs(iscale * mx), zero))
+        sumlx = colsum(wx * L)
+        suml2 = colsum(w * L * L)
+        L, sumlx, suml2 = _descend(xt, w, wx, L, sumlx, suml2, -nmax, nmax - 1, False)
+        scale = np.where(suml2 > 0, sumlx / suml2, F32(0))
+    L += nmax
+    L[:, zero] = 0
+    return np.where(zero, F32(0), scale), L
+
+
+def make_qp_quants(xt, nmax, wt):
+    """ggml's make_qp_quants per column (non-negative x, weights wt); returns (scale, L float32)."""
+    mx = np.maximum(xt.max(axis=0), F32(0))
+    zero = mx < GROUP_MAX_EPS
+    wx = wt * xt
+    with np.errstate(all="ignore"):
+
+        def mse(iscale, clamp):
+            q = nearest_int(xt * iscale)
+            q = (np.minimum(q, nmax) if clamp else q & 0xFF).astype(F32)  # first pass: uint8 store
+            diff = xt - (F32(1) / iscale) * q
+            return colsum(wt * diff * diff)
+
+        iscale = F32(nmax) / mx
+        best = mse(iscale, False)
+        for step in (-4, -3, -2, -1, 1, 2, 3, 4):
+            iscale_is = (F32(0.1) * F32(step) + F32(nmax)) / mx
+            cur = mse(iscale_is, True)
+            better = cur < best
+            best = np.where(better, cur, best)
+            iscale = np.where(better, iscale_is, iscale)
+        q = np.minimum(nearest_int(xt * iscale), nmax).astype(F32)
+        sumlx, suml2 = colsum(wx * q), colsum(wt * q * q)
+        L = (q.astype(np.int32) & 0xFF).astype(F32)  # ggml keeps L as uint8
+        L, sumlx, suml2 = _descend(xt, wt, wx, L, sumlx, suml2, None, nmax, True)
+        scale = np.where(suml2 > 0, sumlx / suml2, F32(0))
+    L[:, zero] = 0
+    return np.where(zero, F32(0), scale), L
