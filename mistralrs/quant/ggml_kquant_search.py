@@ -91,9 +91,9 @@ def make_qkx2_quants(xt, wt, nmax, rmin, rdelta, nstep, use_mad):
     Returns (scale, the_min (= -min), L float32 (n, groups)).
     """
     xmin = xt.min(axis=0)
-    mn = np.minimum(xmin, F32(0))
+    mn0 = np.minimum(xmin, F32(0))
     mx = xt.max(axis=0)
-    flat = mx == mn  # ggml returns L = 0, scale 0 before searching
+    flat = mx == mn0  # ggml returns L = 0, scale 0 before searching
     t = np.empty_like(xt)
     b = np.empty_like(xt)
     wl = np.empty_like(xt)
@@ -101,10 +101,10 @@ def make_qkx2_quants(xt, wt, nmax, rmin, rdelta, nstep, use_mad):
     np.multiply(wt, xt, out=b)
     sum_x = colsum(b)
 
-    def grid(iscale, mn):
-        """Laux[i] = MAX(0, MIN(nmax, nearest_int(iscale*(x[i] - min)))), into t."""
-        # x - min lies in [xmin - min, mx - min] (rounding is monotonic), so this bounds |t|.
-        bound = np.abs(iscale) * np.maximum(np.abs(xmin - mn), np.abs(mx - mn))
+    def grid(iscale, mn, d):
+        """Laux[i] = MAX(0, MIN(nmax, nearest_int(iscale*(x[i] - min)))), into t; d = max - min."""
+        # x - min lies in [xmin - min, max - min] (rounding is monotonic), so this bounds |t|.
+        bound = np.maximum(np.abs((xmin - mn) * iscale), np.abs(d * iscale))
         np.subtract(xt, mn, out=t)
         np.multiply(t, iscale, out=t)
         return round_clip(t, 0, nmax, _all_below(bound, flat))
@@ -119,15 +119,22 @@ def make_qkx2_quants(xt, wt, nmax, rmin, rdelta, nstep, use_mad):
         return colsum(b)
 
     with np.errstate(all="ignore"):
-        iscale = F32(nmax) / (mx - mn)
-        scale = F32(1) / iscale
-        best = error(scale, mn, grid(iscale, mn))
+        # The search state, one row each, so that accepting a step is a single masked copy:
+        # best error, scale, min, and the (iscale, min) the best L was rounded with.
+        state = np.empty((5, len(mx)), F32)
+        best, scale, mn, l_iscale, l_min = state
+        mn[:] = l_min[:] = mn0
+        d = mx - mn0
+        l_iscale[:] = F32(nmax) / d
+        scale[:] = F32(1) / l_iscale
+        best[:] = error(scale, mn, grid(l_iscale, mn, d))
         best[flat] = -np.inf  # no candidate is ever better
-        l_iscale, l_min = iscale, mn  # what the best L was rounded with
+        cand = np.empty_like(state)
         for step in range(nstep + 1):
             # ggml re-reads `min` each step, so an accepted step moves the grid of the next one.
-            iscale = (F32(rmin) + F32(rdelta) * F32(step) + F32(nmax)) / (mx - mn)
-            la = grid(iscale, mn)
+            d = mx - mn
+            iscale = (F32(rmin) + F32(rdelta) * F32(step) + F32(nmax)) / d
+            la = grid(iscale, mn, d)
             np.multiply(wt, la, out=wl)
             sum_l = colsum(wl)
             np.multiply(wl, la, out=b)
@@ -138,18 +145,16 @@ def make_qkx2_quants(xt, wt, nmax, rmin, rdelta, nstep, use_mad):
             this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
             this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
             pos = this_min > 0
-            if pos.any():
+            if np.count_nonzero(pos):
                 this_min[pos] = 0
                 this_scale = np.where(pos, sum_xl / sum_l2, this_scale)
             cur = error(this_scale, this_min, la)
-            better = (D > 0) & (cur < best)
-            if better.any():
-                best = np.where(better, cur, best)
-                scale = np.where(better, this_scale, scale)
-                l_iscale = np.where(better, iscale, l_iscale)
-                l_min = np.where(better, mn, l_min)
-                mn = np.where(better, this_min, mn)
-        L = grid(l_iscale, l_min)
+            better = D > 0
+            better &= cur < best
+            if np.count_nonzero(better):
+                cand[0], cand[1], cand[2], cand[3], cand[4] = cur, this_scale, this_min, iscale, mn
+                np.copyto(state, cand, where=better)
+        L = grid(l_iscale, l_min, mx - l_min)
     L[:, flat] = 0
     return np.where(flat, F32(0), scale), -mn, L
 
