@@ -220,43 +220,63 @@ def _descend(xt, w, wx, L, sumlx, suml2, lo, hi, uint8_codes):
     changed in the previous pass are visited again.
     """
     n = xt.shape[0]
+    off = np.int32(0x00400000)
+    lo_bits = None if lo is None else np.int32(0x00400000 + lo)
+    hi_bits = np.int32(0x00400000 + hi)
     cols = None  # all columns
     for _ in range(5):
         if cols is None:
-            x_, w_, wx_, L_, slx_all, sl2_all = xt, w, wx, L, sumlx, suml2
+            x_, w_, wx_, L_ = xt, w, wx, L
+            state = np.stack([sumlx, suml2])
         else:
             x_, w_, wx_, L_ = xt[:, cols], w[:, cols], wx[:, cols], L[:, cols]
-            slx_all, sl2_all = sumlx[cols], suml2[cols]
+            state = np.stack([sumlx[cols], suml2[cols]])
+        slx_all, sl2_all = state
+        # L[i] changes only at element i, so its terms can be taken for the whole pass up front.
+        wxl = wx_ * L_
+        wll = w_ * L_
+        wll *= L_
         changed = np.zeros(x_.shape[1], bool)
         sq = slx_all * slx_all
+        cand = np.empty_like(state)
         for i in range(n):
             li = L_[i]
-            slx = slx_all - wx_[i] * li
-            sl2 = sl2_all - w_[i] * li * li
-            bits = ((x_[i] * sl2) / slx + MAGIC).view(np.int32)
+            slx = slx_all - wxl[i]
+            sl2 = sl2_all - wll[i]
+            t = x_[i] * sl2
+            t /= slx
+            t += MAGIC
+            bits = t.view(np.int32)
             bits &= 0x007FFFFF
-            if uint8_codes:
-                new_l = np.subtract(np.minimum(bits, 0x00400000 + hi), 0x00400000, dtype=F32)
-            else:
-                new_l = np.subtract(np.clip(bits, 0x00400000 + lo, 0x00400000 + hi), 0x00400000, dtype=F32)
-            slx2 = slx + wx_[i] * new_l
-            sl22 = sl2 + w_[i] * new_l * new_l
-            upd = (slx > 0) & (sl2 > 0 if uint8_codes else sl22 > 0) & (new_l != li)
-            upd &= slx2 * slx2 * sl2_all > sq * sl22
-            if upd.any():
+            np.minimum(bits, hi_bits, out=bits)
+            if lo_bits is not None:
+                np.maximum(bits, lo_bits, out=bits)
+            new_l = np.subtract(bits, off, dtype=F32)
+            slx2 = wx_[i] * new_l
+            slx2 += slx
+            sl22 = w_[i] * new_l
+            sl22 *= new_l
+            sl22 += sl2
+            upd = np.minimum(slx, sl2 if uint8_codes else sl22) > 0
+            upd &= new_l != li
+            a = slx2 * slx2
+            upd &= a * sl2_all > sq * sl22
+            if np.count_nonzero(upd):
                 changed |= upd
                 if uint8_codes:
                     new_l = (new_l.astype(np.int32) & 0xFF).astype(F32)
                 np.copyto(li, new_l, where=upd)
-                np.copyto(slx_all, slx2, where=upd)
-                np.copyto(sl2_all, sl22, where=upd)
-                sq = slx_all * slx_all
+                cand[0], cand[1] = slx2, sl22
+                np.copyto(state, cand, where=upd)
+                np.copyto(sq, a, where=upd)
         if cols is not None:
             L[:, cols] = L_
             sumlx[cols] = slx_all
             suml2[cols] = sl2_all
             cols = cols[changed]
         else:
+            sumlx[:] = slx_all
+            suml2[:] = sl2_all
             cols = np.flatnonzero(changed)
         if not len(cols):
             break
