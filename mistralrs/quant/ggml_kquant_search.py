@@ -3,7 +3,7 @@
 Every function here works in *column layout*: a group of n elements (a 16- or 32-element
 sub-block, or a super-block's 8 sub-block scales) is a column of an (n, groups) float32 array.
 That layout makes every step one numpy call over all groups at once, and it makes ggml's
-left-to-right float32 sums cheap: `_colsum` adds row after row, which is exactly the order of
+left-to-right float32 sums cheap: `colsum` adds row after row, which is exactly the order of
 ggml's `for (i = 0; i < n; ++i) sum += ...`, while a sum along a contiguous axis would be
 pairwise (another rounding) and `cumsum` is slow.
 
@@ -40,11 +40,6 @@ def nearest_int(v: np.ndarray) -> np.ndarray:
     return (bits & 0x007FFFFF) - 0x00400000
 
 
-def seq_sum(a: np.ndarray) -> np.ndarray:
-    """Sum over the last axis left to right in float32, as a C `for` loop does."""
-    return np.cumsum(a, axis=-1, dtype=F32)[..., -1]
-
-
 def colsum(a: np.ndarray) -> np.ndarray:
     """Sum of the rows of a 2-D float32 array, a[0] + a[1] + ... in that order, per column.
 
@@ -63,7 +58,12 @@ def to_columns(x: np.ndarray, n: int) -> np.ndarray:
 
 
 def round_clip(t: np.ndarray, lo: int, hi: int, safe: bool) -> np.ndarray:
-    """In place: t <- MAX(lo, MIN(hi, nearest_int(t))) as float32. `safe`: every |t| < 2^22."""
+    """In place: t <- MAX(lo, MIN(hi, nearest_int(t))) as float32. `safe`: every |t| < 2^22.
+
+    (np.rint gives -0.0 where nearest_int gives 0. No sum, comparison or squared error in
+    the searches can tell them apart: a float sum is -0.0 only if every term is, and then
+    the group has D <= 0 or suml2 == 0 and is skipped, as in ggml.)
+    """
     if safe:
         np.rint(t, out=t)
         np.clip(t, lo, hi, out=t)
