@@ -24,6 +24,7 @@ from gguf import GGMLQuantizationType as T
 from mistralrs.errors import UserError
 from mistralrs.quant import ggml_blocks as gb
 from mistralrs.quant import ggml_kquant_search as ks
+from mistralrs.quant import ggml_kquants as kq
 
 LEGACY = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
 GGUF_KQUANTS = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
@@ -274,3 +275,21 @@ def test_colsum_adds_rows_in_order(n):
             expect = expect + a[i]
         np.testing.assert_array_equal(ks.colsum(a), expect)
         np.testing.assert_array_equal(ks.colsum(np.asfortranarray(a)), expect)
+
+
+@pytest.mark.parametrize("kind", ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"])
+def test_kquant_slices_and_threads_give_the_same_bytes(kind, monkeypatch):
+    # A K-quant quantizer given many blocks works through slices on a thread pool.
+    w, ims = pinned_inputs()
+    blocks = w.reshape(-1, 256)
+    qw = np.broadcast_to(ims[1].reshape(1, -1, 256), (24, 2, 256)).reshape(-1, 256)
+    fn = kq.QUANTIZE[kind]
+    with np.errstate(all="ignore"):
+        expect = [gb.quantize(w, kind).reshape(len(blocks), -1)]
+        if kind in gb.IMATRIX_KINDS:
+            expect.append(gb.quantize(w, kind, imatrix=ims[1]).reshape(len(blocks), -1))
+        monkeypatch.setattr(kq, "CHUNK_BLOCKS", 5)
+        monkeypatch.setattr(kq, "MAX_THREADS", 3)
+        np.testing.assert_array_equal(fn(blocks), expect[0])
+        if kind in gb.IMATRIX_KINDS:
+            np.testing.assert_array_equal(fn(blocks, qw), expect[1])

@@ -11,6 +11,11 @@ Shapes: `x` is float32 (n_blocks, 256); packed blocks are uint8 (n_blocks, type_
 
 from __future__ import annotations
 
+import functools
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from .ggml_kquant_search import (
@@ -27,6 +32,53 @@ from .ggml_legacy import f16_bytes, f16_value
 
 F32 = np.float32
 QK_K = 256
+
+# Larger inputs are quantized in slices of this many blocks (a few MB of temporaries each;
+# below ~500 blocks numpy's per-call overhead starts to show), on a small thread pool:
+# numpy releases the GIL inside its loops, so slices run side by side.
+CHUNK_BLOCKS = 512
+MAX_THREADS = 8
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _threads() -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(MAX_THREADS, cores))
+
+
+def _map(fn, starts):
+    global _pool
+    if _threads() == 1 or len(starts) == 1:
+        return [fn(i) for i in starts]
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(_threads(), thread_name_prefix="mistralrs-kquant")
+    return list(_pool.map(fn, starts))
+
+
+def _in_chunks(quantize):
+    """Run a block quantizer on CHUNK_BLOCKS-block slices of its input (blocks are independent).
+
+    Float overflow and NaN in degenerate blocks are part of ggml's arithmetic (the bytes
+    match it there too), so numpy's warnings about them are silenced, in every thread.
+    """
+
+    def quiet(x, qw):
+        with np.errstate(all="ignore"):
+            return quantize(x) if qw is None else quantize(x, qw)
+
+    @functools.wraps(quantize)
+    def run(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
+        if len(x) <= CHUNK_BLOCKS:
+            return quiet(x, qw)
+
+        def one(i):
+            return quiet(x[i : i + CHUNK_BLOCKS], None if qw is None else qw[i : i + CHUNK_BLOCKS])
+
+        return np.concatenate(_map(one, range(0, len(x), CHUNK_BLOCKS)))
+
+    return run
 
 
 def _signed_absmax(x: np.ndarray) -> np.ndarray:
@@ -115,6 +167,7 @@ def _fp16_round(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # --- quantizers -------------------------------------------------------------------------------
 
 
+@_in_chunks
 def quantize_q2_k(x: np.ndarray) -> np.ndarray:
     xs = x.reshape(-1, 16, 16)
     xt = to_columns(x, 16)
@@ -139,6 +192,7 @@ def quantize_q2_k(x: np.ndarray) -> np.ndarray:
     return np.concatenate([sc, _pack_2bit(L), db, mb], axis=-1)
 
 
+@_in_chunks
 def quantize_q3_k(x: np.ndarray) -> np.ndarray:
     xs = x.reshape(-1, 16, 16)
     scales, L = make_q3_quants(to_columns(x, 16), 4)
@@ -212,16 +266,19 @@ def _quantize_q45_k_imatrix(xs, nmax, qw):
     return db, mb, _pack_scale_min_k4(ls, lm), _requantize(xs, d, dmin, ls, lm, nmax, L)
 
 
+@_in_chunks
 def quantize_q4_k(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
     db, mb, scale_bytes, L = _quantize_q45_k(x, 15, -1.0, 20, qw)
     return np.concatenate([db, mb, scale_bytes, _pack_nibbles_64(L)], axis=-1)
 
 
+@_in_chunks
 def quantize_q5_k(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
     db, mb, scale_bytes, L = _quantize_q45_k(x, 31, -0.5, 15, qw)
     return np.concatenate([db, mb, scale_bytes, _bits_by_32(L, 4), _pack_nibbles_64(L)], axis=-1)
 
 
+@_in_chunks
 def quantize_q6_k(x: np.ndarray) -> np.ndarray:
     xs = x.reshape(-1, 16, 16)
     scales, L = make_qx_quants(to_columns(x, 16), 32)
