@@ -40,7 +40,7 @@ def nearest_int(v: np.ndarray) -> np.ndarray:
     return (bits & 0x007FFFFF) - 0x00400000
 
 
-def colsum(a: np.ndarray) -> np.ndarray:
+def colsum(a: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Sum of the rows of a 2-D float32 array, a[0] + a[1] + ... in that order, per column.
 
     numpy reduces over the outer axis of a C-contiguous array by adding whole rows into the
@@ -48,8 +48,12 @@ def colsum(a: np.ndarray) -> np.ndarray:
     instead, so narrow or strided inputs take the (slower) cumulative sum.
     """
     if a.shape[1] >= 4 and a.flags.c_contiguous:
-        return np.add.reduce(a, axis=0)
-    return np.cumsum(a.T, axis=-1, dtype=F32)[:, -1]  # sequential, but slow
+        return np.add.reduce(a, axis=0, out=out)
+    s = np.cumsum(a.T, axis=-1, dtype=F32)[:, -1]  # sequential, but slow
+    if out is None:
+        return s
+    out[...] = s
+    return out
 
 
 def to_columns(x: np.ndarray, n: int) -> np.ndarray:
@@ -74,7 +78,9 @@ def round_clip(t: np.ndarray, lo: int, hi: int, safe: bool) -> np.ndarray:
 
 def _all_below(bound: np.ndarray, skip: np.ndarray) -> bool:
     """True when every group not in `skip` has bound < 2^22 (NaN counts as not below)."""
-    return bool(np.all((bound < RINT_SAFE) | skip))
+    ok = bound < RINT_SAFE
+    ok |= skip
+    return np.count_nonzero(ok) == ok.size
 
 
 def signed_absmax(xt: np.ndarray) -> np.ndarray:
@@ -109,14 +115,14 @@ def make_qkx2_quants(xt, wt, nmax, rmin, rdelta, nstep, use_mad):
         np.multiply(t, iscale, out=t)
         return round_clip(t, 0, nmax, _all_below(bound, flat))
 
-    def error(scale, mn, la):
+    def error(scale, mn, la, out=None):
         """sum_i w[i] * err(scale*L[i] + min - x[i]), in order."""
         np.multiply(la, scale, out=b)
         np.add(b, mn, out=b)
         np.subtract(b, xt, out=b)
         (np.abs if use_mad else np.square)(b, out=b)
         np.multiply(b, wt, out=b)
-        return colsum(b)
+        return colsum(b, out)
 
     with np.errstate(all="ignore"):
         # The search state, one row each, so that accepting a step is a single masked copy:
@@ -129,11 +135,13 @@ def make_qkx2_quants(xt, wt, nmax, rmin, rdelta, nstep, use_mad):
         scale[:] = F32(1) / l_iscale
         best[:] = error(scale, mn, grid(l_iscale, mn, d))
         best[flat] = -np.inf  # no candidate is ever better
+        # A step's candidate is computed straight into the rows of `cand`.
         cand = np.empty_like(state)
+        cur, this_scale, this_min, iscale, cand_lmin = cand
         for step in range(nstep + 1):
             # ggml re-reads `min` each step, so an accepted step moves the grid of the next one.
             d = mx - mn
-            iscale = (F32(rmin) + F32(rdelta) * F32(step) + F32(nmax)) / d
+            np.divide(F32(rmin) + F32(rdelta) * F32(step) + F32(nmax), d, out=iscale)
             la = grid(iscale, mn, d)
             np.multiply(wt, la, out=wl)
             sum_l = colsum(wl)
@@ -142,17 +150,17 @@ def make_qkx2_quants(xt, wt, nmax, rmin, rdelta, nstep, use_mad):
             np.multiply(wl, xt, out=b)
             sum_xl = colsum(b)
             D = sum_w * sum_l2 - sum_l * sum_l
-            this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
-            this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
+            np.divide(sum_w * sum_xl - sum_x * sum_l, D, out=this_scale)
+            np.divide(sum_l2 * sum_x - sum_l * sum_xl, D, out=this_min)
             pos = this_min > 0
             if np.count_nonzero(pos):
                 this_min[pos] = 0
-                this_scale = np.where(pos, sum_xl / sum_l2, this_scale)
-            cur = error(this_scale, this_min, la)
+                this_scale[pos] = (sum_xl / sum_l2)[pos]
+            error(this_scale, this_min, la, out=cur)
             better = D > 0
             better &= cur < best
             if np.count_nonzero(better):
-                cand[0], cand[1], cand[2], cand[3], cand[4] = cur, this_scale, this_min, iscale, mn
+                cand_lmin[:] = mn
                 np.copyto(state, cand, where=better)
         L = grid(l_iscale, l_min, mx - l_min)
     L[:, flat] = 0
