@@ -218,77 +218,122 @@ def make_qx_quants(xt, nmax, wt=None):
 # --- make_q3_quants and make_qp_quants: coordinate descent ----------------------------------
 
 
+def _new_codes(x, sl2, slx, lo_bits, hi_bits):
+    """MAX(lo, MIN(hi, nearest_int(x*sl2/slx))) (lo_bits None: MIN only), exactly, as float32."""
+    t = x * sl2
+    t /= slx
+    t += MAGIC
+    bits = t.view(np.int32)
+    bits &= 0x007FFFFF
+    np.minimum(bits, hi_bits, out=bits)
+    if lo_bits is not None:
+        np.maximum(bits, lo_bits, out=bits)
+    return np.subtract(bits, np.int32(0x00400000), dtype=F32)
+
+
 def _descend(xt, w, wx, L, sumlx, suml2, lo, hi, uint8_codes):
     """ggml's "itry" loop: up to 5 passes, each over the elements in order, per column.
 
     make_q3_quants (uint8_codes False, the codes clamp to [lo, hi]) and make_qp_quants
     (uint8_codes True: MIN(nmax, .) only, `sl2 > 0` tested first, L stored to a uint8_t)
-    differ in those details only. L (float32, (n, groups)) is updated in place.
-    A pass that changes nothing in a column leaves it as it was, so only the columns that
-    changed in the previous pass are visited again.
+    differ in those details only. L (float32, (n, groups)), sumlx and suml2 are updated in
+    place. The first pass over many columns goes element by element; whatever is left (the
+    columns that changed, usually a small minority) goes to `_descend_rounds`.
     """
-    n = xt.shape[0]
-    off = np.int32(0x00400000)
+    n, m = xt.shape
     lo_bits = None if lo is None else np.int32(0x00400000 + lo)
     hi_bits = np.int32(0x00400000 + hi)
-    cols = None  # all columns
-    for _ in range(5):
-        if cols is None:
-            x_, w_, wx_, L_ = xt, w, wx, L
-            state = np.stack([sumlx, suml2])
-        else:
-            x_, w_, wx_, L_ = xt[:, cols], w[:, cols], wx[:, cols], L[:, cols]
-            state = np.stack([sumlx[cols], suml2[cols]])
-        slx_all, sl2_all = state
-        # L[i] changes only at element i, so its terms can be taken for the whole pass up front.
-        wxl = wx_ * L_
-        wll = w_ * L_
-        wll *= L_
-        changed = np.zeros(x_.shape[1], bool)
-        sq = slx_all * slx_all
-        cand = np.empty_like(state)
-        for i in range(n):
-            li = L_[i]
-            slx = slx_all - wxl[i]
-            sl2 = sl2_all - wll[i]
-            t = x_[i] * sl2
-            t /= slx
-            t += MAGIC
-            bits = t.view(np.int32)
-            bits &= 0x007FFFFF
-            np.minimum(bits, hi_bits, out=bits)
-            if lo_bits is not None:
-                np.maximum(bits, lo_bits, out=bits)
-            new_l = np.subtract(bits, off, dtype=F32)
-            slx2 = wx_[i] * new_l
-            slx2 += slx
-            sl22 = w_[i] * new_l
-            sl22 *= new_l
-            sl22 += sl2
-            upd = np.minimum(slx, sl2 if uint8_codes else sl22) > 0
-            upd &= new_l != li
-            a = slx2 * slx2
-            upd &= a * sl2_all > sq * sl22
-            if np.count_nonzero(upd):
-                changed |= upd
-                if uint8_codes:
-                    new_l = (new_l.astype(np.int32) & 0xFF).astype(F32)
-                np.copyto(li, new_l, where=upd)
-                cand[0], cand[1] = slx2, sl22
-                np.copyto(state, cand, where=upd)
-                np.copyto(sq, a, where=upd)
-        if cols is not None:
-            L[:, cols] = L_
-            sumlx[cols] = slx_all
-            suml2[cols] = sl2_all
-            cols = cols[changed]
-        else:
-            sumlx[:] = slx_all
-            suml2[:] = sl2_all
-            cols = np.flatnonzero(changed)
-        if not len(cols):
-            break
+    state = np.stack([sumlx, suml2, sumlx])
+    slx_all, sl2_all, sq = state  # sumlx, suml2, sumlx*sumlx
+    sq *= slx_all
+    # L[i] changes only at element i, so its terms can be taken for the whole pass up front.
+    wxl = wx * L
+    wll = w * L
+    wll *= L
+    changed = np.zeros(m, bool)
+    cand = np.empty_like(state)
+    for i in range(n):
+        li = L[i]
+        slx = slx_all - wxl[i]
+        sl2 = sl2_all - wll[i]
+        new_l = _new_codes(xt[i], sl2, slx, lo_bits, hi_bits)
+        slx2 = wx[i] * new_l
+        slx2 += slx
+        sl22 = w[i] * new_l
+        sl22 *= new_l
+        sl22 += sl2
+        upd = np.minimum(slx, sl2 if uint8_codes else sl22) > 0
+        upd &= new_l != li
+        a = slx2 * slx2
+        upd &= a * sl2_all > sq * sl22
+        if np.count_nonzero(upd):
+            changed |= upd
+            if uint8_codes:
+                new_l = (new_l.astype(np.int32) & 0xFF).astype(F32)
+            np.copyto(li, new_l, where=upd)
+            cand[0], cand[1], cand[2] = slx2, sl22, a
+            np.copyto(state, cand, where=upd)
+    sumlx[:], suml2[:] = slx_all, sl2_all
+    cols = np.flatnonzero(changed)
+    if len(cols):
+        _descend_rounds(xt, w, wx, L, sumlx, suml2, cols, lo_bits, hi_bits, uint8_codes)
     return L, sumlx, suml2
+
+
+def _descend_rounds(xt, w, wx, L, sumlx, suml2, cols, lo_bits, hi_bits, uint8_codes):
+    """Passes 2 to 5 of the itry loop, for the columns `cols` that the first pass changed.
+
+    Until a column accepts a change, its sums stay as they are, so every element it has yet
+    to visit in this pass can be tried at once: the first acceptance found that way is the
+    one ggml makes. Each round applies it (one per column) and carries on after it; a column
+    with nothing left to accept ends its pass, and starts another if that pass changed
+    anything (at most 5 in all). Columns that finish drop out.
+    """
+    n = xt.shape[0]
+    X, Wt, WX, Lc = xt[:, cols], w[:, cols], wx[:, cols], L[:, cols]
+    slx_all, sl2_all = sumlx[cols], suml2[cols]
+    p = np.zeros(len(cols), np.int64)  # the next element to visit in the current pass
+    npass = np.ones(len(cols), np.int64)  # passes run
+    changed = np.zeros(len(cols), bool)
+    rows = np.arange(n)[:, None]
+    while True:
+        slx = slx_all - WX * Lc
+        sl2 = sl2_all - Wt * Lc * Lc
+        new_l = _new_codes(X, sl2, slx, lo_bits, hi_bits)
+        slx2 = WX * new_l + slx
+        sl22 = Wt * new_l * new_l + sl2
+        upd = np.minimum(slx, sl2 if uint8_codes else sl22) > 0
+        upd &= new_l != Lc
+        upd &= slx2 * slx2 * sl2_all > (slx_all * slx_all) * sl22
+        upd &= rows >= p
+        found = upd.any(axis=0)
+        c = np.flatnonzero(found)
+        if len(c):
+            r = upd[:, c].argmax(axis=0)  # the first acceptance in each column
+            v = new_l[r, c]
+            Lc[r, c] = (v.astype(np.int32) & 0xFF).astype(F32) if uint8_codes else v
+            slx_all[c] = slx2[r, c]
+            sl2_all[c] = sl22[r, c]
+            changed[c] = True
+            p[c] = r + 1
+        end = ~found | (p >= n)  # the pass is over
+        if np.count_nonzero(end):
+            npass[end] += 1
+            again = end & changed & (npass < 5)
+            p[again] = 0
+            changed[again] = False
+            keep = ~end | again
+            if not np.count_nonzero(~keep):
+                continue
+            done = np.flatnonzero(~keep)
+            L[:, cols[done]] = Lc[:, done]
+            sumlx[cols[done]] = slx_all[done]
+            suml2[cols[done]] = sl2_all[done]
+            if not np.count_nonzero(keep):
+                return
+            k = np.flatnonzero(keep)
+            cols, X, Wt, WX, Lc = cols[k], X[:, k], Wt[:, k], WX[:, k], Lc[:, k]
+            slx_all, sl2_all, p, npass, changed = slx_all[k], sl2_all[k], p[k], npass[k], changed[k]
 
 
 def make_q3_quants(xt, nmax):
