@@ -83,9 +83,17 @@ def _all_below(bound: np.ndarray, skip: np.ndarray) -> bool:
     return np.count_nonzero(ok) == ok.size
 
 
-def signed_absmax(xt: np.ndarray) -> np.ndarray:
-    """Per column, the element with the largest |x| (the first on ties), as `if (ax > amax)`."""
-    return np.take_along_axis(xt, np.abs(xt).argmax(axis=0)[None, :], axis=0)[0]
+def signed_absmax(x: np.ndarray, axis: int = 0) -> np.ndarray:
+    """The element with the largest |x| along `axis`, as ggml's loop finds it.
+
+    `amax = 0; for (...) if (fabsf(x[i]) > amax) { amax = fabsf(x[i]); max = x[i]; }`: the
+    first of the largest, NaN never (np.argmax would pick a NaN), and 0 when no |x| > 0.
+    """
+    a = np.abs(x)
+    np.copyto(a, 0, where=np.isnan(a))
+    i = np.expand_dims(a.argmax(axis=axis), axis)
+    m = np.take_along_axis(x, i, axis=axis)
+    return np.where(np.take_along_axis(a, i, axis=axis) > 0, m, F32(0)).squeeze(axis)
 
 
 # --- make_qkx2_quants: affine (scale, min) search ------------------------------------------

@@ -26,6 +26,7 @@ from .ggml_kquant_search import (
     make_qp_quants,
     make_qx_quants,
     nearest_int,
+    signed_absmax,
     to_columns,
 )
 from .ggml_legacy import f16_bytes, f16_value
@@ -79,11 +80,6 @@ def _in_chunks(quantize):
         return np.concatenate(_map(one, range(0, len(x), CHUNK_BLOCKS)))
 
     return run
-
-
-def _signed_absmax(x: np.ndarray) -> np.ndarray:
-    """The element with the largest |x| (the first on ties), as ggml's `if (ax > amax)` loop."""
-    return np.take_along_axis(x, np.abs(x).argmax(axis=-1)[..., None], axis=-1)[..., 0]
 
 
 def _rows(lt: np.ndarray, shape) -> np.ndarray:
@@ -197,7 +193,7 @@ def quantize_q3_k(x: np.ndarray) -> np.ndarray:
     xs = x.reshape(-1, 16, 16)
     scales, L = make_q3_quants(to_columns(x, 16), 4)
     scales, L = scales.reshape(-1, 16), _rows(L, xs.shape)
-    max_scale = _signed_absmax(scales)
+    max_scale = signed_absmax(scales, axis=-1)
     has = max_scale != 0
     with np.errstate(divide="ignore", invalid="ignore"):
         iscale = F32(-32) / max_scale
@@ -283,7 +279,7 @@ def quantize_q6_k(x: np.ndarray) -> np.ndarray:
     xs = x.reshape(-1, 16, 16)
     scales, L = make_qx_quants(to_columns(x, 16), 32)
     scales, L = scales.reshape(-1, 16), _rows(L, xs.shape)
-    max_scale = _signed_absmax(scales)
+    max_scale = signed_absmax(scales, axis=-1)
     empty = np.abs(max_scale) < GROUP_MAX_EPS
     with np.errstate(divide="ignore", invalid="ignore"):
         iscale = F32(-128) / max_scale
@@ -304,7 +300,7 @@ def quantize_q6_k(x: np.ndarray) -> np.ndarray:
 
 
 def quantize_q8_k(x: np.ndarray) -> np.ndarray:
-    mx = _signed_absmax(x)
+    mx = signed_absmax(x, axis=-1)
     has = mx != 0
     with np.errstate(divide="ignore", invalid="ignore"):
         iscale = F32(-127) / mx
