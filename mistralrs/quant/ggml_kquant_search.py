@@ -90,10 +90,13 @@ def signed_absmax(x: np.ndarray, axis: int = 0) -> np.ndarray:
     first of the largest, NaN never (np.argmax would pick a NaN), and 0 when no |x| > 0.
     """
     a = np.abs(x)
-    np.copyto(a, 0, where=np.isnan(a))
     i = np.expand_dims(a.argmax(axis=axis), axis)
-    m = np.take_along_axis(x, i, axis=axis)
-    return np.where(np.take_along_axis(a, i, axis=axis) > 0, m, F32(0)).squeeze(axis)
+    amax = np.take_along_axis(a, i, axis=axis)
+    if np.isnan(amax).any():  # np.argmax stops at a NaN, which ggml's `>` never takes
+        np.copyto(a, 0, where=np.isnan(a))
+        i = np.expand_dims(a.argmax(axis=axis), axis)
+        amax = np.take_along_axis(a, i, axis=axis)
+    return np.where(amax > 0, np.take_along_axis(x, i, axis=axis), F32(0)).squeeze(axis)
 
 
 # --- make_qkx2_quants: affine (scale, min) search ------------------------------------------
