@@ -7,6 +7,9 @@ blocks; the scale searches (`make_qkx2_quants`, `make_q3_quants`, `make_qx_quant
 same error).
 
 Shapes: `x` is float32 (n_blocks, 256); packed blocks are uint8 (n_blocks, type_size).
+The Q2_K ... Q6_K quantizers take any number of blocks: past CHUNK_BLOCKS they work through
+slices of that size on a thread pool, so a caller gets the best speed by passing a whole
+tensor's blocks at once (numpy's per-call overhead weighs heavily on small slices).
 """
 
 from __future__ import annotations
