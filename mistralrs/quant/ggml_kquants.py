@@ -42,7 +42,7 @@ QK_K = 256
 # numpy releases the GIL inside its loops, so slices run side by side.
 CHUNK_BLOCKS = 512
 MAX_THREADS = 8
-_pool: ThreadPoolExecutor | None = None
+_pool: tuple[int, ThreadPoolExecutor] | None = None  # (threads, pool)
 _pool_lock = threading.Lock()
 
 
@@ -53,12 +53,14 @@ def _threads() -> int:
 
 def _map(fn, starts):
     global _pool
-    if _threads() == 1 or len(starts) == 1:
+    threads = _threads()
+    if threads == 1 or len(starts) == 1:
         return [fn(i) for i in starts]
     with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(_threads(), thread_name_prefix="mistralrs-kquant")
-    return list(_pool.map(fn, starts))
+        if _pool is None or _pool[0] != threads:
+            _pool = (threads, ThreadPoolExecutor(threads, thread_name_prefix="mistralrs-kquant"))
+        pool = _pool[1]
+    return list(pool.map(fn, starts))
 
 
 def _in_chunks(quantize):
