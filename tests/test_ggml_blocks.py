@@ -293,7 +293,7 @@ def test_colsum_adds_rows_in_order(n):
         np.testing.assert_array_equal(ks.colsum(np.asfortranarray(a)), expect)
 
 
-@pytest.mark.parametrize("kind", ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"])
+@pytest.mark.parametrize("kind", sorted(kq.QUANTIZE))
 def test_kquant_slices_and_threads_give_the_same_bytes(kind, monkeypatch):
     # A K-quant quantizer given many blocks works through slices on a thread pool.
     w, ims = pinned_inputs()

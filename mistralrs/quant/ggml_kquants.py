@@ -7,7 +7,7 @@ blocks; the scale searches (`make_qkx2_quants`, `make_q3_quants`, `make_qx_quant
 same error).
 
 Shapes: `x` is float32 (n_blocks, 256); packed blocks are uint8 (n_blocks, type_size).
-The Q2_K ... Q6_K quantizers take any number of blocks: past CHUNK_BLOCKS they work through
+The quantizers take any number of blocks: past CHUNK_BLOCKS they work through
 slices of that size on a thread pool, so a caller gets the best speed by passing a whole
 tensor's blocks at once (numpy's per-call overhead weighs heavily on small slices).
 """
@@ -304,6 +304,7 @@ def quantize_q6_k(x: np.ndarray) -> np.ndarray:
     return out
 
 
+@_in_chunks
 def quantize_q8_k(x: np.ndarray) -> np.ndarray:
     mx = signed_absmax(x, axis=-1)
     has = mx != 0
