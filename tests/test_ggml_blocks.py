@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
 
 import gguf
@@ -22,6 +23,8 @@ from gguf import GGMLQuantizationType as T
 
 from mistralrs.errors import UserError
 from mistralrs.quant import ggml_blocks as gb
+from mistralrs.quant import ggml_kquant_search as ks
+from mistralrs.quant import ggml_kquants as kq
 
 LEGACY = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
 GGUF_KQUANTS = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
@@ -206,3 +209,103 @@ def test_imatrix_quantize_byte_exact_with_ggml(libggml, kind):
         GGML_TYPE_IDS[kind], w.ctypes.data, out.ctypes.data, 0, 8, 1024, im.ctypes.data
     )
     np.testing.assert_array_equal(gb.quantize(w, kind, imatrix=im), out)
+
+
+# --- K-quant searches: pinned bytes -------------------------------------------------------------
+
+
+def pinned_inputs():
+    """Seeded inputs that reach the unusual branches of the K-quant scale searches."""
+    rng = np.random.default_rng(2024)
+    w = rng.standard_normal((24, 512)).astype(np.float32)
+    w[0] = 0  # all-zero blocks
+    w[1] = 0.75  # constant blocks (max == min)
+    w[2] = np.abs(w[2])  # no negative values
+    w[3] = -np.abs(w[3])
+    w[4] *= np.float32(1e-30)  # below GROUP_MAX_EPS
+    w[5] *= np.float32(1e-17)  # around GROUP_MAX_EPS
+    w[5, ::5] *= 1000
+    w[6] *= np.float32(1e37)  # huge: the sums overflow
+    w[7, ::3] = np.float32(3e38)
+    w[8, ::13] *= 300  # outliers
+    w[9] = np.round(w[9] * 4) / 4  # ties
+    w[10] = rng.integers(-8, 8, 512)  # ties
+    w[11, ::16] = 0
+    w[11, 100:140] = 1e-16
+    w[12, 16:48] = 0  # zero sub-blocks in a live block
+    w[13] = np.repeat(rng.standard_normal(32), 16)  # constant sub-blocks
+    w[14:] *= rng.exponential(1.0, (10, 1)).astype(np.float32) ** 3
+    ims = [rng.random(512).astype(np.float32) * 3 + 0.01, (rng.standard_normal(512) ** 2).astype(np.float32)]
+    ims[1][:40] = 0
+    ims[1][100:110] = 1e-30
+    return w, ims
+
+
+# sha256 prefixes of gb.quantize(pinned_inputs()) (then with each imatrix). These bytes equal
+# ggml's own (test_pinned_inputs_byte_exact_with_ggml, against libggml-base.so), and all but
+# the Q3_K and Q6_K ones those of the first, block-by-block numpy port; that port let a NaN
+# sub-block scale (overflow in rows of |x| ~ 1e37) win the largest-scale search, where ggml
+# skips NaN.
+PINNED_DIGESTS = {
+    "Q2_K": ("961f1a94748e475b",),
+    "Q3_K": ("e095e53e7182f0e0",),
+    "Q4_K": ("bf5d1392dc23413e", "5e14f6daae058351", "176beafb868ae029"),
+    "Q5_K": ("da16eb717f649fea", "6217a5dae2dd75a5", "2cac7ada12c0ab4f"),
+    "Q6_K": ("5184dfc181b4ad43",),
+    "Q8_K": ("4cc99f01f8df94c5",),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(PINNED_DIGESTS))
+def test_kquant_bytes_are_pinned(kind):
+    w, ims = pinned_inputs()
+    with np.errstate(all="ignore"):  # the huge rows overflow, as they do in ggml
+        outs = [gb.quantize(w, kind)]
+        if kind in gb.IMATRIX_KINDS:
+            outs += [gb.quantize(w, kind, imatrix=im) for im in ims]
+    digests = tuple(hashlib.sha256(o.tobytes()).hexdigest()[:16] for o in outs)
+    assert digests == PINNED_DIGESTS[kind]
+
+
+@pytest.mark.parametrize("kind", GGUF_KQUANTS)
+def test_pinned_inputs_byte_exact_with_ggml(libggml, kind):
+    w, ims = pinned_inputs()
+    with np.errstate(all="ignore"):
+        np.testing.assert_array_equal(gb.quantize(w, kind), ggml_quantize(libggml, w, kind))
+        for im in ims if kind in gb.IMATRIX_KINDS else ():
+            out = np.zeros((w.shape[0], gb.row_bytes(kind, w.shape[1])), np.uint8)
+            libggml.ggml_quantize_chunk(
+                GGML_TYPE_IDS[kind], w.ctypes.data, out.ctypes.data, 0, *w.shape, im.ctypes.data
+            )
+            np.testing.assert_array_equal(gb.quantize(w, kind, imatrix=im), out)
+
+
+@pytest.mark.parametrize("n", [8, 16, 32, 256])
+def test_colsum_adds_rows_in_order(n):
+    # The searches rely on numpy reducing over the outer axis row by row (ggml's loop order).
+    rng = np.random.default_rng(n)
+    for cols in [1, 2, 3, 4, 5, 7, 8, 9, 16, 33, 100, 1024, 4099]:
+        a = (rng.standard_normal((n, cols)) * np.exp(rng.standard_normal((n, cols)) * 4)).astype(np.float32)
+        expect = a[0].copy()
+        for i in range(1, n):
+            expect = expect + a[i]
+        np.testing.assert_array_equal(ks.colsum(a), expect)
+        np.testing.assert_array_equal(ks.colsum(np.asfortranarray(a)), expect)
+
+
+@pytest.mark.parametrize("kind", sorted(kq.QUANTIZE))
+def test_kquant_slices_and_threads_give_the_same_bytes(kind, monkeypatch):
+    # A K-quant quantizer given many blocks works through slices on a thread pool.
+    w, ims = pinned_inputs()
+    blocks = w.reshape(-1, 256)
+    qw = np.broadcast_to(ims[1].reshape(1, -1, 256), (24, 2, 256)).reshape(-1, 256)
+    fn = kq.QUANTIZE[kind]
+    with np.errstate(all="ignore"):
+        expect = [gb.quantize(w, kind).reshape(len(blocks), -1)]
+        if kind in gb.IMATRIX_KINDS:
+            expect.append(gb.quantize(w, kind, imatrix=ims[1]).reshape(len(blocks), -1))
+        monkeypatch.setattr(kq, "CHUNK_BLOCKS", 5)
+        monkeypatch.setattr(kq, "MAX_THREADS", 3)
+        np.testing.assert_array_equal(fn(blocks), expect[0])
+        if kind in gb.IMATRIX_KINDS:
+            np.testing.assert_array_equal(fn(blocks, qw), expect[1])

@@ -1,186 +1,95 @@
 """The 256-element GGML "K-quant" super-block formats: Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K.
 
-A port of ggml-quants.c (`quantize_row_q*_K_ref` and the scale searches `make_qkx2_quants`,
-`make_q3_quants`, `make_qx_quants`) vectorised over blocks: every loop over *blocks* became
-array arithmetic, while the loops over *elements of one block* that ggml runs in a fixed
-order stay loops (or sequential cumulative sums), because float32 addition is not
-associative and the goal is the same bytes as ggml, not just the same error.
+A port of ggml-quants.c (`quantize_row_q*_K_ref`, `quantize_row_q*_K_impl`) vectorised over
+blocks; the scale searches (`make_qkx2_quants`, `make_q3_quants`, `make_qx_quants`,
+`make_qp_quants`) live in `ggml_kquant_search`, which keeps ggml's float32 operation order
+(float32 addition is not associative, and the goal is the same bytes as ggml, not just the
+same error).
 
 Shapes: `x` is float32 (n_blocks, 256); packed blocks are uint8 (n_blocks, type_size).
+The quantizers take any number of blocks: past CHUNK_BLOCKS they work through
+slices of that size on a thread pool, so a caller gets the best speed by passing a whole
+tensor's blocks at once (numpy's per-call overhead weighs heavily on small slices).
 """
 
 from __future__ import annotations
 
+import functools
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
+from .ggml_kquant_search import (
+    GROUP_MAX_EPS,
+    colsum,
+    make_q3_quants,
+    make_qkx2_quants,
+    make_qp_quants,
+    make_qx_quants,
+    nearest_int,
+    signed_absmax,
+    to_columns,
+)
 from .ggml_legacy import f16_bytes, f16_value
 
 F32 = np.float32
 QK_K = 256
-GROUP_MAX_EPS = F32(1e-15)
+
+# Larger inputs are quantized in slices of this many blocks (a few MB of temporaries each;
+# below ~500 blocks numpy's per-call overhead starts to show), on a small thread pool:
+# numpy releases the GIL inside its loops, so slices run side by side.
+CHUNK_BLOCKS = 512
+MAX_THREADS = 8
+_pool: tuple[int, ThreadPoolExecutor] | None = None  # (threads, pool)
+_pool_lock = threading.Lock()
 
 
-def nearest_int(v: np.ndarray) -> np.ndarray:
-    """ggml's nearest_int, bit for bit: add 1.5*2^23 in float32 and read the mantissa.
+def _threads() -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(MAX_THREADS, cores))
 
-    Round half to even for |v| < 2^22; larger values give the same garbage as in C, which
-    the callers then clamp, so even degenerate blocks match ggml.
+
+def _map(fn, starts):
+    global _pool
+    threads = _threads()
+    if threads == 1 or len(starts) == 1:
+        return [fn(i) for i in starts]
+    with _pool_lock:
+        if _pool is None or _pool[0] != threads:
+            _pool = (threads, ThreadPoolExecutor(threads, thread_name_prefix="mistralrs-kquant"))
+        pool = _pool[1]
+    return list(pool.map(fn, starts))
+
+
+def _in_chunks(quantize):
+    """Run a block quantizer on CHUNK_BLOCKS-block slices of its input (blocks are independent).
+
+    Float overflow and NaN in degenerate blocks are part of ggml's arithmetic (the bytes
+    match it there too), so numpy's warnings about them are silenced, in every thread.
     """
-    with np.errstate(over="ignore", invalid="ignore"):
-        bits = (np.asarray(v, F32) + F32(12582912.0)).view(np.int32)
-    return (bits & 0x007FFFFF) - 0x00400000
+
+    def quiet(x, qw):
+        with np.errstate(all="ignore"):
+            return quantize(x) if qw is None else quantize(x, qw)
+
+    @functools.wraps(quantize)
+    def run(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
+        if len(x) <= CHUNK_BLOCKS:
+            return quiet(x, qw)
+
+        def one(i):
+            return quiet(x[i : i + CHUNK_BLOCKS], None if qw is None else qw[i : i + CHUNK_BLOCKS])
+
+        return np.concatenate(_map(one, range(0, len(x), CHUNK_BLOCKS)))
+
+    return run
 
 
-def seq_sum(a: np.ndarray) -> np.ndarray:
-    """Sum over the last axis left to right in float32, as a C `for` loop does."""
-    return np.cumsum(a, axis=-1, dtype=F32)[..., -1]
-
-
-def _signed_absmax(x: np.ndarray) -> np.ndarray:
-    """The element with the largest |x| (the first on ties), as ggml's `if (ax > amax)` loop."""
-    return np.take_along_axis(x, np.abs(x).argmax(axis=-1)[..., None], axis=-1)[..., 0]
-
-
-# --- scale searches ---------------------------------------------------------------------------
-
-
-def make_qkx2_quants(x, weights, nmax, rmin, rdelta, nstep, use_mad):
-    """Affine (scale, min) search per group on the last axis; returns (scale, -min, L uint8)."""
-    err = np.abs if use_mad else np.square
-    mn = np.minimum(x.min(axis=-1), F32(0))
-    mx = x.max(axis=-1)
-    sum_w = seq_sum(weights)
-    sum_x = seq_sum(weights * x)
-    flat = mx == mn
-    with np.errstate(all="ignore"):
-        iscale = F32(nmax) / (mx - mn)
-        scale = F32(1) / iscale
-        L = np.clip(nearest_int(iscale[..., None] * (x - mn[..., None])), 0, nmax).astype(F32)
-        best = seq_sum(weights * err(scale[..., None] * L + mn[..., None] - x))
-        for step in range(nstep + 1):
-            # ggml re-reads `min` each step, so an accepted step moves the grid of the next one.
-            iscale = (F32(rmin) + F32(rdelta) * F32(step) + F32(nmax)) / (mx - mn)
-            la = np.clip(nearest_int(iscale[..., None] * (x - mn[..., None])), 0, nmax).astype(F32)
-            wl = weights * la
-            sum_l, sum_l2, sum_xl = seq_sum(wl), seq_sum(wl * la), seq_sum(wl * x)
-            D = sum_w * sum_l2 - sum_l * sum_l
-            this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
-            this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
-            pos = this_min > 0
-            this_min = np.where(pos, F32(0), this_min)
-            this_scale = np.where(pos, sum_xl / sum_l2, this_scale)
-            cur = seq_sum(weights * err(this_scale[..., None] * la + this_min[..., None] - x))
-            better = (D > 0) & (cur < best) & ~flat
-            L = np.where(better[..., None], la, L)
-            best = np.where(better, cur, best)
-            scale = np.where(better, this_scale, scale)
-            mn = np.where(better, this_min, mn)
-    L = np.where(flat[..., None], F32(0), L)
-    return np.where(flat, F32(0), scale), -mn, L.astype(np.uint8)
-
-
-def make_qx_quants(x, nmax, qw=None):
-    """Symmetric scale search (ggml rmse_type 1: weights x^2, or `qw`); returns (scale, L int32)."""
-    mx = _signed_absmax(x)
-    zero = np.abs(mx) < GROUP_MAX_EPS
-    w = x * x if qw is None else qw
-    wx = w * x
-    with np.errstate(all="ignore"):
-
-        def trial(iscale):
-            q = np.clip(nearest_int(iscale[..., None] * x), -nmax, nmax - 1).astype(F32)
-            return q, seq_sum(wx * q), seq_sum(w * q * q)
-
-        q, sumlx, suml2 = trial(F32(-nmax) / mx)
-        L = q + nmax
-        scale = np.where(suml2 != 0, sumlx / suml2, F32(0))
-        best = scale * sumlx
-        for step in range(-9, 10):
-            if step == 0:
-                continue
-            q, sumlx, suml2 = trial(-(F32(nmax) + F32(0.1) * F32(step)) / mx)
-            better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
-            L = np.where(better[..., None], q + nmax, L)
-            scale = np.where(better, sumlx / suml2, scale)
-            best = np.where(better, scale * sumlx, best)
-    return np.where(zero, F32(0), scale), np.where(zero[..., None], 0, L).astype(np.int32)
-
-
-def make_q3_quants(x, nmax):
-    """Q3_K's symmetric search with coordinate descent (do_rmse=true); returns (scale, L int32)."""
-    mx = _signed_absmax(x)
-    zero = np.abs(mx) < GROUP_MAX_EPS
-    w = x * x
-    wx = w * x
-    with np.errstate(all="ignore"):
-        L = np.clip(nearest_int((F32(-nmax) / mx)[..., None] * x), -nmax, nmax - 1).astype(F32)
-        sumlx, suml2 = seq_sum(wx * L), seq_sum(w * L * L)
-        # Up to 5 passes, each element in order, as in ggml; a pass that changes nothing
-        # leaves the state as it was, so running it again for such a group is harmless.
-        for _ in range(5):
-            changed = False
-            for i in range(x.shape[-1]):
-                wi, xi, li = w[..., i], x[..., i], L[..., i]
-                slx = sumlx - wx[..., i] * li
-                sl2 = suml2 - wi * li * li
-                new_l = np.clip(nearest_int(xi * sl2 / slx), -nmax, nmax - 1).astype(F32)
-                slx2 = slx + wx[..., i] * new_l
-                sl22 = sl2 + wi * new_l * new_l
-                upd = (slx > 0) & (new_l != li) & (sl22 > 0) & (slx2 * slx2 * suml2 > sumlx * sumlx * sl22)
-                if upd.any():
-                    changed = True
-                    L[..., i] = np.where(upd, new_l, li)
-                    sumlx = np.where(upd, slx2, sumlx)
-                    suml2 = np.where(upd, sl22, suml2)
-            if not changed:
-                break
-        scale = np.where(suml2 > 0, sumlx / suml2, F32(0))
-    return np.where(zero, F32(0), scale), np.where(zero[..., None], 0, L + nmax).astype(np.int32)
-
-
-def make_qp_quants(x, nmax, qw):
-    """Non-negative scale search for the 6-bit sub-block scales (imatrix path); returns (scale, L)."""
-    mx = np.maximum(x.max(axis=-1), F32(0))
-    zero = mx < GROUP_MAX_EPS
-    wx = qw * x
-    with np.errstate(all="ignore"):
-
-        def mse(iscale, clamp):
-            q = nearest_int(iscale[..., None] * x)
-            q = (np.minimum(q, nmax) if clamp else q & 0xFF).astype(F32)  # first pass: uint8 store
-            diff = x - (F32(1) / iscale)[..., None] * q
-            return seq_sum(qw * diff * diff)
-
-        iscale = F32(nmax) / mx
-        best = mse(iscale, False)
-        for step in (-4, -3, -2, -1, 1, 2, 3, 4):
-            iscale_is = (F32(0.1) * F32(step) + F32(nmax)) / mx
-            cur = mse(iscale_is, True)
-            better = cur < best
-            best = np.where(better, cur, best)
-            iscale = np.where(better, iscale_is, iscale)
-        q = np.minimum(nearest_int(iscale[..., None] * x), nmax)
-        sumlx, suml2 = seq_sum(wx * q.astype(F32)), seq_sum(qw * q.astype(F32) * q.astype(F32))
-        L = (q & 0xFF).astype(F32)  # ggml keeps L as uint8
-        for _ in range(5):
-            changed = False
-            for i in range(x.shape[-1]):
-                wi, li = qw[..., i], L[..., i]
-                slx = sumlx - wx[..., i] * li
-                sl2 = suml2 - wi * li * li
-                new_l = np.minimum(nearest_int(x[..., i] * sl2 / slx), nmax).astype(F32)
-                slx2 = slx + wx[..., i] * new_l
-                sl22 = sl2 + wi * new_l * new_l
-                upd = (slx > 0) & (sl2 > 0) & (new_l != li) & (slx2 * slx2 * suml2 > sumlx * sumlx * sl22)
-                if upd.any():
-                    changed = True
-                    L[..., i] = np.where(upd, new_l.astype(np.int32) & 0xFF, li)
-                    sumlx = np.where(upd, slx2, sumlx)
-                    suml2 = np.where(upd, sl22, suml2)
-            if not changed:
-                break
-        scale = np.where(suml2 > 0, sumlx / suml2, F32(0))
-    return np.where(zero, F32(0), scale), np.where(zero[..., None], 0, L).astype(np.int32)
+def _rows(lt: np.ndarray, shape) -> np.ndarray:
+    """Column-layout codes (n, groups), float32, back to int32 in block layout `shape`."""
+    return lt.T.astype(np.int32).reshape(shape)
 
 
 # --- shared packing helpers -------------------------------------------------------------------
@@ -259,9 +168,12 @@ def _fp16_round(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # --- quantizers -------------------------------------------------------------------------------
 
 
+@_in_chunks
 def quantize_q2_k(x: np.ndarray) -> np.ndarray:
     xs = x.reshape(-1, 16, 16)
-    scales, mins, L = make_qkx2_quants(xs, np.abs(xs), 3, -0.5, 0.1, 15, True)
+    xt = to_columns(x, 16)
+    scales, mins, L = make_qkx2_quants(xt, np.abs(xt), 3, -0.5, 0.1, 15, True)
+    scales, mins, L = scales.reshape(-1, 16), mins.reshape(-1, 16), _rows(L, xs.shape)
     max_scale = np.maximum(scales.max(axis=-1), F32(0))
     max_min = np.maximum(mins.max(axis=-1), F32(0))
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -281,10 +193,12 @@ def quantize_q2_k(x: np.ndarray) -> np.ndarray:
     return np.concatenate([sc, _pack_2bit(L), db, mb], axis=-1)
 
 
+@_in_chunks
 def quantize_q3_k(x: np.ndarray) -> np.ndarray:
     xs = x.reshape(-1, 16, 16)
-    scales, L = make_q3_quants(xs, 4)
-    max_scale = _signed_absmax(scales)
+    scales, L = make_q3_quants(to_columns(x, 16), 4)
+    scales, L = scales.reshape(-1, 16), _rows(L, xs.shape)
+    max_scale = signed_absmax(scales, axis=-1)
     has = max_scale != 0
     with np.errstate(divide="ignore", invalid="ignore"):
         iscale = F32(-32) / max_scale
@@ -306,9 +220,10 @@ def _quantize_q45_k(x, nmax, rmin, nstep, qw=None):
     xs = x.reshape(-1, 8, 32)
     if qw is not None:
         return _quantize_q45_k_imatrix(xs, nmax, qw.reshape(-1, 8, 32))
-    av_x = np.sqrt(seq_sum(xs * xs) / F32(32))
-    weights = av_x[..., None] + np.abs(xs)
-    scales, mins, L = make_qkx2_quants(xs, weights, nmax, rmin, 0.1, nstep, False)
+    xt = to_columns(xs, 32)
+    av_x = np.sqrt(colsum(xt * xt) / F32(32))
+    scales, mins, L = make_qkx2_quants(xt, av_x + np.abs(xt), nmax, rmin, 0.1, nstep, False)
+    scales, mins, L = scales.reshape(-1, 8), mins.reshape(-1, 8), _rows(L, xs.shape)
     max_scale = np.maximum(scales.max(axis=-1), F32(0))
     max_min = np.maximum(mins.max(axis=-1), F32(0))
     with np.errstate(divide="ignore"):
@@ -333,32 +248,43 @@ def _requantize(xs, d, dmin, ls, lm, nmax, L):
 
 def _quantize_q45_k_imatrix(xs, nmax, qw):
     """ggml's quantize_row_q{4,5}_K_impl: importance-weighted search, 6-bit scales fitted too."""
-    sigma2 = F32(2) * seq_sum(xs.reshape(-1, QK_K) * xs.reshape(-1, QK_K)) / F32(QK_K)
-    weights = qw * np.sqrt(sigma2[:, None, None] + xs * xs)
-    scales, mins, L = make_qkx2_quants(xs, weights, nmax, -0.9, 0.05, 36, False)
-    sw = seq_sum(weights)
-    d_block, ls = make_qp_quants(scales, 63, sw)
-    m_block, lm = make_qp_quants(mins, 63, sw)
+    nb = xs.shape[0]
+    xt = to_columns(xs, 32)
+    x2 = to_columns(xs, QK_K)
+    sigma2 = F32(2) * colsum(x2 * x2) / F32(QK_K)
+    wt = to_columns(qw, 32) * np.sqrt(np.repeat(sigma2, 8)[None, :] + xt * xt)
+    scales, mins, L = make_qkx2_quants(xt, wt, nmax, -0.9, 0.05, 36, False)
+    L = _rows(L, xs.shape)
+    # The 6-bit scales and mins: one make_qp_quants each, run side by side as 2*nb columns.
+    sw = colsum(wt).reshape(nb, 8).T
+    sm = np.ascontiguousarray(np.concatenate([scales.reshape(nb, 8).T, mins.reshape(nb, 8).T], axis=1))
+    dm, lsm = make_qp_quants(sm, 63, np.ascontiguousarray(np.concatenate([sw, sw], axis=1)))
+    d_block, m_block = dm[:nb], dm[nb:]
+    ls, lm = lsm[:, :nb].T.astype(np.int32), lsm[:, nb:].T.astype(np.int32)
     db, d = _fp16_round(d_block)
     mb, dmin = _fp16_round(m_block)
     ls, lm = np.minimum(ls, 63), np.minimum(lm, 63)
     return db, mb, _pack_scale_min_k4(ls, lm), _requantize(xs, d, dmin, ls, lm, nmax, L)
 
 
+@_in_chunks
 def quantize_q4_k(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
     db, mb, scale_bytes, L = _quantize_q45_k(x, 15, -1.0, 20, qw)
     return np.concatenate([db, mb, scale_bytes, _pack_nibbles_64(L)], axis=-1)
 
 
+@_in_chunks
 def quantize_q5_k(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
     db, mb, scale_bytes, L = _quantize_q45_k(x, 31, -0.5, 15, qw)
     return np.concatenate([db, mb, scale_bytes, _bits_by_32(L, 4), _pack_nibbles_64(L)], axis=-1)
 
 
+@_in_chunks
 def quantize_q6_k(x: np.ndarray) -> np.ndarray:
     xs = x.reshape(-1, 16, 16)
-    scales, L = make_qx_quants(xs, 32)
-    max_scale = _signed_absmax(scales)
+    scales, L = make_qx_quants(to_columns(x, 16), 32)
+    scales, L = scales.reshape(-1, 16), _rows(L, xs.shape)
+    max_scale = signed_absmax(scales, axis=-1)
     empty = np.abs(max_scale) < GROUP_MAX_EPS
     with np.errstate(divide="ignore", invalid="ignore"):
         iscale = F32(-128) / max_scale
@@ -378,8 +304,9 @@ def quantize_q6_k(x: np.ndarray) -> np.ndarray:
     return out
 
 
+@_in_chunks
 def quantize_q8_k(x: np.ndarray) -> np.ndarray:
-    mx = _signed_absmax(x)
+    mx = signed_absmax(x, axis=-1)
     has = mx != 0
     with np.errstate(divide="ignore", invalid="ignore"):
         iscale = F32(-127) / mx
