@@ -9,6 +9,9 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
+# Compiling the layers costs seconds per model load; the tests that check compiled layers
+# ask for it explicitly (load(compile=True)). Subprocesses inherit the setting.
+os.environ.setdefault("MISTRALRS_COMPILE", "0")
 
 from model_fixtures import build_model, write_tokenizer  # noqa: E402
 

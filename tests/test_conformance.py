@@ -54,12 +54,8 @@ def relative_error(ours, ref) -> float:
     return float(np.abs(ours - ref).max() / np.abs(ref).max())
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_logits_match_transformers(arch, backend, references):
-    from mistralrs import load
-
-    folder, ids, prefill, steps, _ = references(arch)
-    llm = load(folder, backend=backend, dtype="f32")
+def assert_logits_match(llm, ids, prefill, steps) -> None:
+    """The prompt in one pass, then one token at a time, each within TOLERANCE of transformers."""
     ops, model = llm.ops, llm.model
     caches = model.make_caches()
     ours = ops.to_numpy(model(ops.asarray(np.array([ids[:PROMPT]])), caches))[0]
@@ -67,6 +63,14 @@ def test_logits_match_transformers(arch, backend, references):
     for i, token in enumerate(ids[PROMPT:]):
         ours = ops.to_numpy(model(ops.asarray(np.array([[token]])), caches))[0, -1]
         assert relative_error(ours, steps[i]) <= TOLERANCE, f"decode step {i}"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_logits_match_transformers(arch, backend, references):
+    from mistralrs import load
+
+    folder, ids, prefill, steps, _ = references(arch)
+    assert_logits_match(load(folder, backend=backend, dtype="f32"), ids, prefill, steps)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -93,3 +97,24 @@ def test_chunked_prefill_equals_one_pass(arch, backend, references):
 
     last = llm.ops.to_numpy(run_prefill(llm.model, llm.ops, ids[:PROMPT], llm.model.make_caches(), chunk=7))
     assert relative_error(last, prefill[-1]) <= TOLERANCE
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "gemma3", "phi3", "mistral"])
+def test_compiled_layers_match_transformers(arch, backend, references):
+    """torch.compile'd decoder layers (on by default for torch on the CPU) keep the same numbers:
+    qk norms and sandwich norms, sliding windows, longrope and chunked prefill included."""
+    if backend != "torch":
+        pytest.skip("only the torch backend compiles its layers")
+    from mistralrs import load
+    from mistralrs.backends.torch_compile import CompiledStep
+    from mistralrs.engine.params import SamplingParams
+
+    folder, ids, prefill, steps, greedy = references(arch)
+    llm = load(folder, backend=backend, dtype="f32", compile=True, prefill_chunk=24)
+    compiled = llm.model.model._compiled_layer
+    assert isinstance(compiled, CompiledStep)
+    assert_logits_match(llm, ids, prefill, steps)
+    # generate() prefills in chunks of 24 here: a compiled chunk after earlier tokens too.
+    done = llm.generate(ids[:PROMPT], SamplingParams(temperature=0, max_tokens=GREEDY, ignore_eos=True))
+    assert done.token_ids == greedy
+    assert not compiled.failed, "the layers fell back to eager execution"

@@ -35,6 +35,8 @@ class Ops(ABC):
     device: str  # human-readable: "cpu", "cuda:0", "metal", ...
     # The model's activation dtype, set by the loader; quantized weights are packed for it.
     compute_dtype: str = "float32"
+    # Whether `compile` really compiles (set by the loader; see engine.api.load's `compile`).
+    compile_steps: bool = False
 
     # ---- data --------------------------------------------------------------
     @abstractmethod
@@ -203,8 +205,16 @@ class Ops(ABC):
 
     # ---- speed -------------------------------------------------------------
     def compile(self, fn: Callable) -> Callable:
-        """Compile a step function where the backend can; identity otherwise."""
+        """`fn` compiled when `compile_steps` is set and the backend can; `fn` itself otherwise.
+
+        Models compile one decoder layer's forward (`fn(layer, x, cache)`), which must keep
+        working when called eagerly: a backend may fall back to it at any time.
+        """
         return fn
+
+    def compile_unavailable(self) -> str | None:
+        """Why `compile` cannot compile on this machine (None when it can)."""
+        return "this backend runs its layers as they are"
 
     def set_threads(self, n: int | None) -> None:
         """Use n CPU threads for compute (None: the backend's own choice)."""

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
-from mistralrs.backends import torch_quant
+from mistralrs.backends import torch_compile, torch_cpu_linear, torch_quant
 from mistralrs.backends.ops import Ops, Tensor
 
 _DTYPES = {
@@ -24,7 +24,6 @@ _DTYPES = {
     "bool": torch.bool,
 }
 _NAMES = {v: k for k, v in _DTYPES.items()}
-_PACKABLE = (torch.float32, torch.bfloat16)
 
 
 class TorchOps(Ops):
@@ -89,8 +88,8 @@ class TorchOps(Ops):
         return out
 
     def prepare_linear(self, weight):
-        if self.torch_device.type == "cpu" and _HAS_MKLDNN_LINEAR and weight.dtype in _PACKABLE:
-            return _PackedCpuWeight(weight)
+        if self.torch_device.type == "cpu":
+            return torch_cpu_linear.prepare(weight, compiled=self.compile_steps)
         return weight
 
     def prepare_quantized_linear(self, weight):
@@ -152,21 +151,17 @@ class TorchOps(Ops):
         table is computed once per step instead of twice per layer.
         """
         per_row = isinstance(offset, torch.Tensor)
+        if torch.compiler.is_compiling():
+            # Inside a compiled layer the table is a few fused instructions; caching it on
+            # this object would make every step's key a guard that fails.
+            return _rope_table(offset, length, inv_freq, scale, dtype, per_row)
         # A per-row offset tensor is keyed by identity (a batch's layers share one), and held
         # while cached so its id cannot be reused by another tensor.
         key = (id(inv_freq), "rows", id(offset), length, scale, dtype) if per_row else \
             (id(inv_freq), offset, length, scale, dtype)
         if self._rope_key != key:
             self._rope_offset = offset
-            steps = torch.arange(length, device=inv_freq.device, dtype=torch.float32)
-            if per_row:  # (B,) first positions -> (B, 1, L, rot) tables broadcast over the heads
-                positions = offset.to(torch.float32)[:, None] + steps[None, :]
-                freqs = (positions[..., None] * inv_freq)[:, None]
-            else:
-                freqs = torch.outer(steps + offset, inv_freq)
-            cos = torch.cat((freqs.cos(), freqs.cos()), dim=-1) * scale
-            sin = torch.cat((freqs.sin(), freqs.sin()), dim=-1) * scale
-            self._rope_key, self._rope_value = key, (cos.to(dtype), sin.to(dtype))
+            self._rope_key, self._rope_value = key, _rope_table(offset, length, inv_freq, scale, dtype, per_row)
         return self._rope_value
 
     def kv_cache_dtype(self, compute_dtype):
@@ -253,6 +248,12 @@ class TorchOps(Ops):
         return -torch.log(-torch.log(u))
 
     # ---- speed -------------------------------------------------------------
+    def compile(self, fn):
+        return torch_compile.CompiledStep(fn) if self.compile_steps else fn
+
+    def compile_unavailable(self):
+        return torch_compile.unavailable_reason()
+
     def set_threads(self, n):
         if n is None:
             n = default_cpu_threads()
@@ -264,34 +265,20 @@ class TorchOps(Ops):
         return None
 
 
-_HAS_MKLDNN_LINEAR = (
-    torch.backends.mkldnn.is_available()
-    and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-    and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-)
+def _rope_table(offset, length, inv_freq, scale, dtype, per_row):
+    steps = torch.arange(length, device=inv_freq.device, dtype=torch.float32)
+    if per_row:  # (B,) first positions -> (B, 1, L, rot) tables broadcast over the heads
+        positions = offset.to(torch.float32)[:, None] + steps[None, :]
+        freqs = (positions[..., None] * inv_freq)[:, None]
+    else:
+        freqs = torch.outer(steps + offset, inv_freq)
+    cos = torch.cat((freqs.cos(), freqs.cos()), dim=-1) * scale
+    sin = torch.cat((freqs.sin(), freqs.sin()), dim=-1) * scale
+    return cos.to(dtype), sin.to(dtype)
 
 
-class _PackedCpuWeight:
-    """A linear weight prepacked once at load time for oneDNN's CPU matmul.
-
-    Decode reads every weight once per token, so it runs at the speed its
-    matrix-vector kernel streams memory. Measured on a 2-core x86 VM with weights
-    larger than the caches: `F.linear` streams ~11 GB/s (the BLAS torch ships is
-    slow on this CPU), oneDNN with a prepacked weight ~25 GB/s in float32 and
-    ~20 GB/s in bfloat16; prefill (512 rows) is as fast or faster than `linear`.
-    """
-
-    def __init__(self, weight):
-        self.out_features, self.in_features = weight.shape
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), 1)
-
-    def __call__(self, x, bias):
-        rows = x.reshape(-1, self.in_features)
-        y = torch.ops.mkldnn._linear_pointwise(rows, self.packed, bias, "none", [], "")
-        return y.reshape(*x.shape[:-1], self.out_features)
-
-
-_CALLABLE_WEIGHTS = (_PackedCpuWeight, torch_quant.Int4Weight, torch_quant.SplitInt4Weight, torch_quant.Int8Weight)
+_CALLABLE_WEIGHTS = (torch_cpu_linear.PackedCpuWeight, torch_cpu_linear.DenseCpuWeight, torch_quant.Int4Weight, torch_quant.SplitInt4Weight,
+                     torch_quant.Int8Weight)
 
 
 def default_cpu_threads() -> int:

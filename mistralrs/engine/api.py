@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from mistralrs.backends import get_ops
 from mistralrs.backends.ops import FLOAT_DTYPES
 from mistralrs.engine import heap
+from mistralrs.engine.compiling import compile_setting, warm_up
 from mistralrs.engine.generate import generate_tokens
 from mistralrs.engine.loading import (
     LoadedModel,
@@ -66,6 +67,7 @@ def load(
     imatrix: str | None = None,
     calibration_file: str | None = None,
     progress: bool = False,
+    compile: bool | None = None,
 ) -> LLM:
     """Load a model for generation.
 
@@ -75,6 +77,8 @@ def load(
     dtype: auto (the checkpoint's), bf16, f16 or f32. backend: auto, torch or mlx.
     isq: quantize the projections while loading ("q4k", "q8_0", "afq4", or a level 2-8).
     from_uqff: UQFF file(s) with the quantized layers (`;`-separated; shards are found).
+    compile: compile the decoder layers (None: the MISTRALRS_COMPILE variable, else on for
+    torch on the CPU when a C++ compiler is present); see engine.compiling.
     imatrix / calibration_file: weight the quantization error by an importance matrix, read
     from llama.cpp's file or computed by running the full-precision model over a text.
     """
@@ -85,6 +89,7 @@ def load(
     if not isinstance(gqa, int) or gqa < 1:
         raise UserError(f"--gqa must be a whole number of at least 1, not {gqa!r}.", param="gqa")
     ops = get_ops(backend, cpu=cpu)
+    ops.compile_steps = compile_setting(compile, ops)
     heap.mmap_threshold(128 * 1024)  # see heap.mmap_threshold
     isq_type = resolve_isq(isq, isq_organization, ops)
     if threads is not None and (threads < 1 or ops.name != "torch"):
@@ -153,6 +158,8 @@ def load(
                                     calibration_file)
         loaded = load_folder(ops, source, config, arch_key, DTYPE_NAMES[dtype], status, isq_type, from_uqff,
                               importance)
+    if ops.compile_steps:
+        warm_up(loaded.model, ops, status)
     defaults = generation_defaults(source.folder if not source.is_gguf else None)
     status.done()
     return LLM(

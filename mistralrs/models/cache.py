@@ -15,26 +15,41 @@ from mistralrs.backends.ops import Ops, Tensor
 class KVCache:
     step = 256  # growth granularity in positions
 
-    def __init__(self, ops: Ops, window: int | None = None):
+    def __init__(self, ops: Ops, window: int | None = None, heads: int | None = None, head_dim: int | None = None):
         self.ops = ops
         self.window = window  # sliding-window layers only attend to the last `window` positions
         self.keys: Tensor | None = None
         self.values: Tensor | None = None
         self.offset = 0  # positions stored so far
+        self.heads, self.head_dim = heads, head_dim  # lets reserve() allocate before the first keys
 
     def _grow(self, k: Tensor, v: Tensor, needed: int) -> None:
-        batch, heads, _, k_dim = k.shape
-        v_dim = v.shape[-1]
+        self._allocate(k.shape[0], k.shape[1], k.shape[-1], v.shape[-1], self.ops.dtype_name(k), needed)
+
+    def _allocate(self, batch: int, heads: int, k_dim: int, v_dim: int, dtype: str, needed: int) -> None:
         capacity = 0 if self.keys is None else self.keys.shape[2]
-        new_capacity = max(needed, 2 * capacity)
+        # Always strictly more room than needed: a cache exactly as long as its prompt would be
+        # a shape relation that compiled code specializes on (and recompiles for).
+        new_capacity = max(needed + 1, 2 * capacity)
         new_capacity = (new_capacity + self.step - 1) // self.step * self.step
-        dtype = self.ops.kv_cache_dtype(self.ops.dtype_name(k))
+        dtype = self.ops.kv_cache_dtype(dtype)
         keys = self.ops.zeros((batch, heads, new_capacity, k_dim), dtype)
         values = self.ops.zeros((batch, heads, new_capacity, v_dim), dtype)
         if self.keys is not None and self.offset:
             keys[:, :, : self.offset, :] = self.keys[:, :, : self.offset, :]
             values[:, :, : self.offset, :] = self.values[:, :, : self.offset, :]
         self.keys, self.values = keys, values
+
+    def reserve(self, length: int) -> None:
+        """Make room for `length` more positions of one sequence before the layers run.
+
+        Compiled layers call this first, so the code they trace never allocates.
+        """
+        end = self.offset + length
+        if self.keys is None and self.heads is not None:
+            self._allocate(1, self.heads, self.head_dim, self.head_dim, self.ops.compute_dtype, end)
+        elif self.keys is not None and end > self.keys.shape[2]:
+            self._grow(self.keys, self.values, end)
 
     def update_and_fetch(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Any]:
         """Store the new positions; return (keys, values, mask) to attend over."""

@@ -57,14 +57,29 @@ class DecoderBody(Module):
         self.embed_tokens = Embedding(ops, spec.vocab_size, spec.hidden_size)
         self.layers = [self.layer_class(ops, spec, spec.attention[i]) for i in range(spec.num_layers)]
         self.norm = RMSNorm(ops, spec.hidden_size, spec.rms_norm_eps, spec.norm_offset)
+        self._compiled_layer = None
+
+    def finalize(self) -> None:
+        super().finalize()
+        # One compiled forward serves every layer: they differ only in their weights.
+        compiled = self.ops.compile(self.layer_class.__call__)
+        self._compiled_layer = None if compiled is self.layer_class.__call__ else compiled
 
     def embed(self, ids: Tensor) -> Tensor:
         return self.embed_tokens(ids)
 
     def __call__(self, ids: Tensor, caches: list[KVCache]) -> Tensor:
         x = self.embed(ids)
+        step = self.layer_class.__call__
+        # Compiled layers run single sequences (a batch's per-step bookkeeping is Python
+        # state that would retrace every step) and not while a calibration hook observes.
+        if self._compiled_layer is not None and isinstance(caches[0], KVCache) and Linear.observer is None:
+            step = self._compiled_layer
+            for cache in caches:
+                # Grow outside the compiled code, so it never traces an allocation.
+                cache.reserve(x.shape[1])
         for layer, cache in zip(self.layers, caches, strict=True):
-            x = layer(x, cache)
+            x = step(layer, x, cache)
         return self.norm(x)
 
 
@@ -76,6 +91,7 @@ class CausalLM(Module):
     def __init__(self, ops: Ops, spec: DecoderSpec):
         super().__init__(ops)
         self.spec = spec
+        self._compiled_head = None
         self.model = self.body_class(ops, spec)
         self.lm_head = Linear(ops, spec.hidden_size, spec.vocab_size)
         if spec.tie_word_embeddings:
@@ -87,18 +103,22 @@ class CausalLM(Module):
         return {k: v for k, v in weights.items() if "rotary_emb.inv_freq" not in k}
 
     def finalize(self) -> None:
-        if isinstance(self.lm_head.weight, Missing):
-            table = self.model.embed_tokens.weight
-            if isinstance(table, QUANTIZED):
-                # Share the quantized table as the head rather than packing a second copy.
-                self.model.finalize()
-                self.lm_head.weight = self.model.embed_tokens.weight
-                return
-            self.lm_head.weight = table
-        super().finalize()
+        table = self.model.embed_tokens.weight
+        if isinstance(self.lm_head.weight, Missing) and isinstance(table, QUANTIZED):
+            # Share the quantized table as the head rather than packing a second copy.
+            self.model.finalize()
+            self.lm_head.weight = self.model.embed_tokens.weight
+        else:
+            if isinstance(self.lm_head.weight, Missing):
+                self.lm_head.weight = table
+            super().finalize()
+        # The head is one large matmul: compiled, its one-row product streams the weight faster.
+        compiled = self.ops.compile(type(self).head)
+        self._compiled_head = None if compiled is type(self).head else compiled
 
     def make_caches(self) -> list[KVCache]:
-        return [KVCache(self.ops, window=a.window) for a in self.spec.attention]
+        return [KVCache(self.ops, window=a.window, heads=a.num_kv_heads, head_dim=a.head_dim)
+                for a in self.spec.attention]
 
     def head(self, hidden: Tensor) -> Tensor:
         return self.lm_head(hidden)
@@ -108,4 +128,6 @@ class CausalLM(Module):
         if last_only:
             # Prefill needs only the last position's logits: skip the vocab matmul elsewhere.
             hidden = hidden[:, -1:, :]
+        if self._compiled_head is not None and Linear.observer is None:
+            return self._compiled_head(self, hidden)
         return self.head(hidden)

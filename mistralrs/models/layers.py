@@ -83,10 +83,10 @@ class Attention(Module):
             # longrope switches to its long factors once a sequence outgrows the original context;
             # in a batch each row decides for itself, so batching does not change its numbers.
             beyond = cache.rows_beyond(spec.rope.original_max_position - length)
-            if beyond is True:
-                inv_freq, rope_scale = self._long
-            elif beyond is not False:
+            if hasattr(beyond, "shape"):  # rows disagree: a per-row boolean tensor
                 long_rows = beyond
+            elif beyond:  # (a plain bool, or a symbolic one inside compiled code)
+                inv_freq, rope_scale = self._long
         if long_rows is not None:
             q = ops.where(long_rows, ops.rope(q, offset, *self._long), ops.rope(q, offset, inv_freq, rope_scale))
             k = ops.where(long_rows, ops.rope(k, offset, *self._long), ops.rope(k, offset, inv_freq, rope_scale))

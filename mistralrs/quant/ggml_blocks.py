@@ -112,7 +112,10 @@ def quantize(weights: np.ndarray, kind: str, imatrix: np.ndarray | None = None) 
             )
         # The same per-column importance applies to every row.
         qw = np.broadcast_to(im.reshape(1, -1, bs), (rows, cols // bs, bs)).reshape(-1, bs)
-    out = _map_blocks(_QUANTIZE[name], blocks, max(1, _CHUNK_ELEMENTS // bs), qw)
+    # The K-quant quantizers slice large inputs themselves (ggml_kquants.CHUNK_BLOCKS) and run
+    # the slices on a thread pool; small slices from here would only add numpy call overhead.
+    per_chunk = len(blocks) if name in ggml_kquants.QUANTIZE else _CHUNK_ELEMENTS // bs
+    out = _map_blocks(_QUANTIZE[name], blocks, max(1, per_chunk), qw)
     return out.reshape(rows, nbytes)
 
 

@@ -1,0 +1,58 @@
+"""Whether to compile the decoder layers, and compiling them while the model loads.
+
+Compiling (torch.compile; see backends/torch_compile.py) removes most of the
+per-operation overhead of a decode step, at the price of a few seconds of
+compiling per shape family the first time a machine runs a model (inductor caches
+its output on disk, so later runs start faster). `warm_up` pays that price during
+loading, under the load status line, instead of at the user's first token.
+
+The choice: `load(compile=...)`, else the MISTRALRS_COMPILE environment variable
+(1/0), else on for the torch backend on the CPU when a C++ compiler is present.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from mistralrs.backends.ops import Ops
+from mistralrs.errors import UserError
+
+ENV = "MISTRALRS_COMPILE"
+_TRUE, _FALSE = ("1", "true", "on", "yes"), ("0", "false", "off", "no")
+
+
+def compile_setting(requested: bool | None, ops: Ops) -> bool:
+    if requested is None:
+        env = os.environ.get(ENV, "").strip().lower()
+        if env and env not in _TRUE + _FALSE:
+            raise UserError(f"{ENV}={env!r} is not understood: set it to 1 (compile) or 0 (run eagerly).")
+        requested = None if not env else env in _TRUE
+    reason = ops.compile_unavailable()
+    if requested is None:
+        # CUDA graphs and Triton kernels have not been verified here, so auto means the CPU.
+        return reason is None and ops.device == "cpu"
+    if requested and reason:
+        raise UserError(f"Compiling the decoder layers was requested, but {reason}. "
+                        f"Set {ENV}=0 to run them eagerly.")
+    return requested
+
+
+# Fresh prompts of two lengths (and cache sizes), then one prefilled in chunks after earlier
+# tokens, each followed by decode steps at two positions: dynamo specializes on the first
+# value it sees (and always on 0 and 1), so two of each make the compiled code shape-generic.
+_WARM_PROMPTS = ((5, 5), (300, 300), (300, 100))
+_WARM_DECODE_STEPS = 2
+
+
+def warm_up(model, ops: Ops, status) -> None:
+    """Run every compiled shape family once (prefill, chunked prefill, decode) on scratch caches."""
+    status.update("compiling the decoder layer for this machine (the first run takes longest)")
+    for length, chunk in _WARM_PROMPTS:
+        caches = model.make_caches()
+        for start in range(0, length, chunk):
+            ids = np.ones((1, min(chunk, length - start)), dtype=np.int64)
+            model(ops.asarray(ids), caches, last_only=True)
+        for _ in range(_WARM_DECODE_STEPS):
+            ops.eval(model(ops.asarray(np.ones((1, 1), dtype=np.int64)), caches))
