@@ -7,9 +7,9 @@ the small operations between matmuls (norms, rope, residuals, the gated
 activation) into a handful of fused C++ loops. One compiled function serves every
 layer of a model, since the layers differ only in their weights.
 
-One-row matmuls (decode) become inductor's own loops over the weights; matmuls of
-many rows stay oneDNN's, wrapped in custom operators that inductor calls as they
-are (see torch_cpu_linear).
+Float32 one-row matmuls (decode) become inductor's own loops over the weights;
+the other matmuls stay oneDNN's, called from the compiled code as they are (see
+torch_cpu_linear and `_call_onednn_linear_directly`).
 
 Compiling needs a C++ compiler (inductor generates and builds C++ on the CPU). When
 there is none, or compiling fails, the layer runs eagerly with one warning;
@@ -31,26 +31,22 @@ torch._dynamo.config.cache_size_limit = 64
 torch._dynamo.config.accumulated_cache_size_limit = 512
 
 
-@torch.library.custom_op("mistralrs::packed_linear", mutates_args=())
-def packed_linear(rows: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out_features: int) -> torch.Tensor:
-    """oneDNN's matmul with a weight prepacked by `_reorder_linear_weight` (see torch_ops)."""
-    return torch.ops.mkldnn._linear_pointwise(rows, packed, bias, "none", [], "")
+def _call_onednn_linear_directly() -> None:
+    """Let compiled code call oneDNN's linear (`mkldnn._linear_pointwise`) as an external kernel.
 
+    Inductor lowers that operator only for weights its own freezing pass packed (which
+    needs them as constants, one compile per layer); any other call fails to lower.
+    Registered as a plain fallback, it becomes a direct call in the compiled code's
+    wrapper, without the Python dispatch a custom operator costs on every call. This
+    process's inductor then never fuses that operator itself: nothing here uses freezing.
+    """
+    from torch._inductor import lowering
 
-@packed_linear.register_fake
-def _packed_linear_shape(rows, packed, bias, out_features):
-    return rows.new_empty((rows.shape[0], out_features))
-
-
-@torch.library.custom_op("mistralrs::dense_linear", mutates_args=())
-def dense_linear(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """oneDNN's matmul with a weight as it is (prompt chunks; see torch_cpu_linear)."""
-    return torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], "")
-
-
-@dense_linear.register_fake
-def _dense_linear_shape(rows, weight, bias):
-    return rows.new_empty((rows.shape[0], weight.shape[0]))
+    op = torch.ops.mkldnn._linear_pointwise.default
+    if op in lowering.fallbacks:
+        return
+    lowering.lowerings.pop(op, None)
+    lowering.make_fallback(op)
 
 
 def unavailable_reason() -> str | None:
@@ -65,6 +61,7 @@ class CompiledStep:
     """`fn` compiled on first use; falls back to `fn` for good if compiling fails."""
 
     def __init__(self, fn: Callable):
+        _call_onednn_linear_directly()
         self.fn = fn
         self.compiled = torch.compile(fn)
         self.failed = False

@@ -17,7 +17,7 @@ as they are: inductor turns a one-row product, written as a multiply-and-sum, in
 its own vectorized loop fused with the operations around it. Measured side by
 side on a 2-core Intel Xeon (Sapphire Rapids) VM on the benchmark model, that
 loop beat oneDNN's packed float32 kernel (47 vs 66 ms per token), while for
-bfloat16 the packed kernel, called through an opaque custom operator, beat the
+bfloat16 the packed kernel, called from the compiled code as it is, beat the
 loop (29 vs 39 ms per token); on the AMD VM above the loop won in both dtypes.
 So float32 weights stay dense and bfloat16 ones stay packed. Prompt chunks of a
 dense weight go to oneDNN, which is as fast with an unpacked weight at hundreds
@@ -27,8 +27,6 @@ of rows.
 from __future__ import annotations
 
 import torch
-
-from mistralrs.backends import torch_compile
 
 _HAS_MKLDNN_LINEAR = (
     torch.backends.mkldnn.is_available()
@@ -56,10 +54,7 @@ class PackedCpuWeight:
 
     def __call__(self, x, bias):
         rows = x.reshape(-1, self.in_features)
-        if torch.compiler.is_compiling():
-            y = torch_compile.packed_linear(rows, self.packed, bias, self.out_features)
-        else:
-            y = torch.ops.mkldnn._linear_pointwise(rows, self.packed, bias, "none", [], "")
+        y = torch.ops.mkldnn._linear_pointwise(rows, self.packed, bias, "none", [], "")
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
@@ -72,15 +67,12 @@ class DenseCpuWeight:
 
     def __call__(self, x, bias):
         rows = x.reshape(-1, self.in_features)
-        if torch.compiler.is_compiling():
-            if rows.shape[0] == 1:
-                # One row: a multiply-and-sum in float32 that inductor compiles into a streaming loop.
-                y = (rows.float() * self.weight.float()).sum(-1)
-                if bias is not None:
-                    y = y + bias.float()
-                y = y.to(x.dtype)
-            else:
-                y = torch_compile.dense_linear(rows, self.weight, bias)
+        if rows.shape[0] == 1 and torch.compiler.is_compiling():
+            # One row: a multiply-and-sum in float32 that inductor compiles into a streaming loop.
+            y = (rows.float() * self.weight.float()).sum(-1)
+            if bias is not None:
+                y = y + bias.float()
+            y = y.to(x.dtype)
         else:
             y = torch.ops.mkldnn._linear_pointwise(rows, self.weight, bias, "none", [], "")
         return y.reshape(*x.shape[:-1], self.out_features)
