@@ -39,10 +39,13 @@ def compile_setting(requested: bool | None, ops: Ops) -> bool:
     return requested
 
 
-# Fresh prompts of two lengths (and cache sizes), then one prefilled in chunks after earlier
-# tokens, each followed by decode steps at two positions: dynamo specializes on the first
-# value it sees (and always on 0 and 1), so two of each make the compiled code shape-generic.
-_WARM_PROMPTS = ((5, 5), (300, 300), (300, 100))
+# Dynamo specializes on the first value it sees (and always on 0 and 1), so each shape
+# family must be seen twice; the families also split where the code branches on the row
+# count (quantized weights take a dense path from 64 rows, torch_quant.DENSE_FROM_ROWS).
+# So: fresh prompts of 5 (specialized), 40 (fewer than 64 rows) and 300 tokens, then one
+# prefilled in chunks of 128, 128 and 44 after earlier tokens, each followed by decode
+# steps at two positions.
+_WARM_PROMPTS = ((5, 5), (40, 40), (300, 300), (300, 128))
 _WARM_DECODE_STEPS = 2
 
 
