@@ -114,3 +114,20 @@ def test_compiled_quantized_and_bf16_layers_match_eager_ones(tiny_model_dir, isq
     # bfloat16 activations between the kernels: fused code may round in another order.
     assert np.abs(a - b).max() <= 2e-2 * np.abs(a).max()
     assert not compiled.model.model._compiled_layer.failed
+
+
+@pytest.mark.parametrize("isq", [None, "q4_0"])
+def test_warm_up_compiles_every_shape_a_generation_meets(tiny_model_dir, isq):
+    """After loading, prompts of any length (fresh, and chunked after earlier tokens) and the
+    decode steps after them run without compiling again: no stall at a user's first token."""
+    from mistralrs import load
+    from mistralrs.engine.params import SamplingParams
+
+    llm = load(tiny_model_dir("qwen3"), backend="torch", cpu=True, isq=isq, compile=True, prefill_chunk=128)
+    compiled = llm.model.model._compiled_layer
+    params = SamplingParams(temperature=0, max_tokens=3, ignore_eos=True)
+    with torch.compiler.set_stance("fail_on_recompile"):
+        for length in (2, 3, 37, 64, 70, 200, 301):  # 200 and 301: chunks of 128 then 72 / 45
+            llm.generate(list(range(5, 5 + length)), params)
+    # A recompile would have raised inside the compiled step, which then runs eagerly for good.
+    assert not compiled.failed

@@ -48,7 +48,7 @@ class KVCache:
         end = self.offset + length
         if self.keys is None and self.heads is not None:
             self._allocate(1, self.heads, self.head_dim, self.head_dim, self.ops.compute_dtype, end)
-        elif self.keys is not None and end > self.keys.shape[2]:
+        elif self.keys is not None and end >= self.keys.shape[2]:  # strictly more room, as in _allocate
             self._grow(self.keys, self.values, end)
 
     def update_and_fetch(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Any]:
