@@ -387,8 +387,8 @@ def test_gumbel_max_samples_softmax(ops):
 
 
 def test_compile_threads_memory(ops):
-    fn = ops.compile(lambda x: x * 2 + 1)
-    assert_close(ops.to_numpy(fn(ops.asarray(rand(5)))), rand(5) * 2 + 1, F32_TOL)
+    # Nothing to compile until the loader turns compile_steps on (tests/test_compile.py).
+    assert ops.compile(lambda x: x * 2 + 1) is None
     ops.set_threads(None)  # the backend's own default
     used = ops.memory_bytes()
     assert used is None or (isinstance(used, int) and used >= 0)

@@ -273,7 +273,7 @@ class MlxOps(Ops):
         return mx.random.gumbel(shape=shape, dtype=mx.float32, key=rng.next_key())
 
     # ---- speed -------------------------------------------------------------
-    # compile: the Ops default (identity). A decode step mutates the KV cache and
+    # compile: the Ops default (nothing compiled). A decode step mutates the KV cache and
     # passes the position as a Python int, so mx.compile would either miss those
     # side effects or retrace on every token.
 

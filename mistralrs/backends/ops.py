@@ -204,13 +204,13 @@ class Ops(ABC):
         """Standard Gumbel noise in float32; argmax(logits + noise) samples softmax(logits)."""
 
     # ---- speed -------------------------------------------------------------
-    def compile(self, fn: Callable) -> Callable:
-        """`fn` compiled when `compile_steps` is set and the backend can; `fn` itself otherwise.
+    def compile(self, fn: Callable) -> Callable | None:
+        """`fn` compiled when `compile_steps` is set and the backend can; None otherwise.
 
         Models compile one decoder layer's forward (`fn(layer, x, cache)`), which must keep
         working when called eagerly: a backend may fall back to it at any time.
         """
-        return fn
+        return None
 
     def compile_unavailable(self) -> str | None:
         """Why `compile` cannot compile on this machine (None when it can)."""

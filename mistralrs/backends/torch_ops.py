@@ -249,7 +249,7 @@ class TorchOps(Ops):
 
     # ---- speed -------------------------------------------------------------
     def compile(self, fn):
-        return torch_compile.CompiledStep(fn) if self.compile_steps else fn
+        return torch_compile.CompiledStep(fn) if self.compile_steps else None
 
     def compile_unavailable(self):
         return torch_compile.unavailable_reason()
@@ -277,8 +277,13 @@ def _rope_table(offset, length, inv_freq, scale, dtype, per_row):
     return cos.to(dtype), sin.to(dtype)
 
 
-_CALLABLE_WEIGHTS = (torch_cpu_linear.PackedCpuWeight, torch_cpu_linear.DenseCpuWeight, torch_quant.Int4Weight, torch_quant.SplitInt4Weight,
-                     torch_quant.Int8Weight)
+_CALLABLE_WEIGHTS = (
+    torch_cpu_linear.PackedCpuWeight,
+    torch_cpu_linear.DenseCpuWeight,
+    torch_quant.Int4Weight,
+    torch_quant.SplitInt4Weight,
+    torch_quant.Int8Weight,
+)
 
 
 def default_cpu_threads() -> int:

@@ -62,8 +62,7 @@ class DecoderBody(Module):
     def finalize(self) -> None:
         super().finalize()
         # One compiled forward serves every layer: they differ only in their weights.
-        compiled = self.ops.compile(self.layer_class.__call__)
-        self._compiled_layer = None if compiled is self.layer_class.__call__ else compiled
+        self._compiled_layer = self.ops.compile(self.layer_class.__call__)
 
     def embed(self, ids: Tensor) -> Tensor:
         return self.embed_tokens(ids)
@@ -113,8 +112,7 @@ class CausalLM(Module):
                 self.lm_head.weight = table
             super().finalize()
         # The head is one large matmul: compiled, its one-row product streams the weight faster.
-        compiled = self.ops.compile(type(self).head)
-        self._compiled_head = None if compiled is type(self).head else compiled
+        self._compiled_head = self.ops.compile(type(self).head)
 
     def make_caches(self) -> list[KVCache]:
         return [KVCache(self.ops, window=a.window, heads=a.num_kv_heads, head_dim=a.head_dim)
