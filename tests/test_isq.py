@@ -108,6 +108,7 @@ def test_int4_dense_unpacking_reads_torchs_packed_layout():
     w = _matrix(rows=192, cols=256)
     q = GgmlTensor("Q4_1", w.shape, ggml_blocks.quantize(w, "Q4_1"))
     packed = Int4Weight.from_groups(affine_groups(q))
+    assert packed.unpackable()  # torch's layout on this CPU is one we know (64- or 32-row blocks)
     identity = torch.eye(256, dtype=torch.bfloat16)
     kernel_weight = torch._weight_int4pack_mm_for_cpu(identity, packed.packed, 32, packed.scales_zeros).float().T
     dense = packed.dense().float()

@@ -165,6 +165,28 @@ def test_linear(pair, dtype, bias, rows):
         compare(pair, lambda o, x, w: o.linear(x, o.prepare_linear(w)), x, w, dtype=dtype)
 
 
+
+@pytest.mark.parametrize("rows", [1, 3, 4, 70])
+@pytest.mark.parametrize("bias", [False, True])
+def test_bf16_linear_on_a_cpu_without_native_bf16(monkeypatch, rows, bias):
+    """AVX2-only CPUs cannot pack bf16 for oneDNN: the weight stays bf16, prompt chunks run in f32."""
+    torch = pytest.importorskip("torch")
+    from mistralrs.backends import torch_cpu_linear
+
+    monkeypatch.setattr(torch_cpu_linear, "NATIVE_BF16", False)
+    o = _torch_ops()
+    w = torch.from_numpy(rand(48, 64, seed=1) / 8).bfloat16()
+    x = torch.from_numpy(rand(rows, 64)).bfloat16()
+    b = torch.from_numpy(rand(48, seed=2)).bfloat16() if bias else None
+    prepared = torch_cpu_linear.prepare(w, compiled=False)
+    assert isinstance(prepared, torch_cpu_linear.UpcastingBf16Weight)
+    assert prepared.weight.dtype == torch.bfloat16 and prepared.weight.data_ptr() != w.data_ptr()
+    y = o.linear(x, prepared, b)
+    assert y.dtype == torch.bfloat16 and y.shape == (rows, 48)
+    expected = x.double().numpy() @ w.double().numpy().T + (b.double().numpy() if bias else 0)
+    assert_close(y.float().numpy(), expected, BF16_TOL)
+
+
 def test_embedding(pair):
     ids = np.array([[3, 0, 7], [7, 7, 1]], dtype=np.int32)
     compare(pair, lambda o, i, t: o.embedding(i, t), ids, rand(10, 6), rel=0)

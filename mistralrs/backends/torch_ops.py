@@ -280,6 +280,7 @@ def _rope_table(offset, length, inv_freq, scale, dtype, per_row):
 _CALLABLE_WEIGHTS = (
     torch_cpu_linear.PackedCpuWeight,
     torch_cpu_linear.DenseCpuWeight,
+    torch_cpu_linear.UpcastingBf16Weight,
     torch_quant.Int4Weight,
     torch_quant.SplitInt4Weight,
     torch_quant.Int8Weight,

@@ -24,10 +24,12 @@ a memory saving (no CUDA kernel path has been verified here yet).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from mistralrs.backends.torch_cpu_linear import matmul_bf16
 from mistralrs.quant.ggml_affine import AffineGroups, affine_groups
 from mistralrs.quant.qtensor import QuantizedTensor
 from mistralrs.quant.resident import TORCH_INT4_GROUP_SIZES
@@ -62,6 +64,7 @@ class Int4Weight:
         self.out_features, self.in_features = values.shape
         self.group_size = group_size
         self.packed = torch._convert_weight_to_int4pack_for_cpu(torch.from_numpy(values.astype(np.int32)), 1)
+        self.block_rows = int4_block_rows()  # looked up here, not in the (compiled) forward
         pairs = np.stack([scales, zeros], axis=-1).transpose(1, 0, 2)  # (groups, out, 2), as the kernel wants
         self.scales_zeros = torch.from_numpy(np.ascontiguousarray(pairs, dtype=np.float32)).to(COMPUTE)
 
@@ -76,27 +79,49 @@ class Int4Weight:
 
     def matmul(self, rows):
         """bfloat16 rows (M, in) -> (M, out): the packed kernel, or for many rows a dense matmul."""
-        if rows.shape[0] >= DENSE_FROM_ROWS and self.out_features % 64 == 0:
-            return F.linear(rows, self.dense())
+        if rows.shape[0] >= DENSE_FROM_ROWS and self.unpackable():
+            return matmul_bf16(rows, self.dense())
         return torch._weight_int4pack_mm_for_cpu(rows, self.packed, self.group_size, self.scales_zeros)
 
     def __call__(self, x, bias):
         return _apply(self, x, bias)
 
-    def dense(self) -> torch.Tensor:
-        """The bfloat16 weight, unpacked from the kernel's layout.
+    def unpackable(self) -> bool:
+        """Whether `dense` can read this weight back (known layout, whole blocks of rows)."""
+        return self.block_rows is not None and self.out_features % self.block_rows == 0
 
-        `_convert_weight_to_int4pack_for_cpu` stores blocks of 64 output rows; in a
-        block, each input column is 32 bytes whose low nibbles are rows 0-31 and
-        high nibbles rows 32-63 (read off torch 2.13; tests check it).
-        """
+    def dense(self) -> torch.Tensor:
+        """The bfloat16 weight, unpacked from the kernel's layout (see `int4_block_rows`)."""
         n, k = self.out_features, self.in_features
-        b = self.packed.reshape(n // 64, k, 32)
-        q = torch.cat([b & 15, b >> 4], dim=-1).transpose(1, 2).reshape(n, k)
+        q = _unpack_int4(self.packed, n, k, self.block_rows)
         groups = (q.to(COMPUTE) - 8).reshape(n, k // self.group_size, self.group_size)
         scales = self.scales_zeros[..., 0].t()[..., None]
         zeros = self.scales_zeros[..., 1].t()[..., None]
         return (groups * scales + zeros).reshape(n, k)
+
+
+def _unpack_int4(packed: torch.Tensor, n: int, k: int, block: int) -> torch.Tensor:
+    """4-bit values (n, k) from `_convert_weight_to_int4pack_for_cpu`'s layout with `block`-row blocks."""
+    b = packed.reshape(n // block, k, block // 2)
+    return torch.cat([b & 15, b >> 4], dim=-1).transpose(1, 2).reshape(n, k)
+
+
+@functools.cache
+def int4_block_rows() -> int | None:
+    """Rows per block of `_convert_weight_to_int4pack_for_cpu`'s layout on this CPU, or None.
+
+    The packing follows the CPU's vector width: blocks of 64 output rows with AVX-512,
+    32 with AVX2; in a block, each input column is block/2 bytes whose low nibbles are
+    the first half of the rows and whose high nibbles the second (torch 2.13). Found
+    by packing a probe rather than assumed, since a wrong guess would silently scramble
+    every prompt's weights; with an unknown layout prompts run the packed kernel too.
+    """
+    probe = torch.randint(0, 16, (128, 64), dtype=torch.int32, generator=torch.Generator().manual_seed(0))
+    packed = torch._convert_weight_to_int4pack_for_cpu(probe, 1)
+    for block in (64, 32):
+        if packed.numel() == probe.numel() // 2 and torch.equal(_unpack_int4(packed, 128, 64, block).int(), probe):
+            return block
+    return None
 
 
 class SplitInt4Weight:
@@ -120,8 +145,8 @@ class SplitInt4Weight:
         self.out_features, self.in_features = groups.q.shape
 
     def matmul(self, rows):
-        if rows.shape[0] >= DENSE_FROM_ROWS and self.out_features % 64 == 0:
-            return F.linear(rows, self.dense())
+        if rows.shape[0] >= DENSE_FROM_ROWS and self.high.unpackable():
+            return matmul_bf16(rows, self.dense())
         return self.high.matmul(rows) + self.low.matmul(rows)
 
     def __call__(self, x, bias):
@@ -156,7 +181,7 @@ class Int8Weight:
     def __call__(self, x, bias):
         rows = x.reshape(-1, self.in_features).to(COMPUTE)
         if rows.shape[0] >= DENSE_FROM_ROWS:
-            y = F.linear(rows, self.values.to(COMPUTE) * self.scales[:, None])
+            y = matmul_bf16(rows, self.values.to(COMPUTE) * self.scales[:, None])
         else:
             y = torch._weight_int8pack_mm(rows, self.values, self.scales)
         y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
