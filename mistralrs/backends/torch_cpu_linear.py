@@ -47,6 +47,8 @@ NATIVE_BF16 = _HAS_MKLDNN_LINEAR and torch.ops.mkldnn._is_mkldnn_bf16_supported(
 # faster than torch's bfloat16 one (measured on a 2-core Zen 3: 455 vs 429 us at 4 rows
 # of a 1536x576 weight, 3.2 vs 1.6 ms at 32, 49 vs 7 ms for a 512-token prompt).
 UPCAST_FROM_ROWS = 4
+# The dtype of prompt-chunk products of weights that are dequantized for the call.
+PROMPT_DTYPE = torch.bfloat16 if NATIVE_BF16 else torch.float32
 
 
 def prepare(weight: torch.Tensor, compiled: bool):

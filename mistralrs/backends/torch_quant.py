@@ -28,8 +28,9 @@ import functools
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from mistralrs.backends.torch_cpu_linear import matmul_bf16
+from mistralrs.backends.torch_cpu_linear import PROMPT_DTYPE
 from mistralrs.quant.ggml_affine import AffineGroups, affine_groups
 from mistralrs.quant.qtensor import QuantizedTensor
 from mistralrs.quant.resident import TORCH_INT4_GROUP_SIZES
@@ -80,7 +81,7 @@ class Int4Weight:
     def matmul(self, rows):
         """bfloat16 rows (M, in) -> (M, out): the packed kernel, or for many rows a dense matmul."""
         if rows.shape[0] >= DENSE_FROM_ROWS and self.unpackable():
-            return matmul_bf16(rows, self.dense())
+            return _dense_product(rows, self.dense(PROMPT_DTYPE))
         return torch._weight_int4pack_mm_for_cpu(rows, self.packed, self.group_size, self.scales_zeros)
 
     def __call__(self, x, bias):
@@ -90,13 +91,13 @@ class Int4Weight:
         """Whether `dense` can read this weight back (known layout, whole blocks of rows)."""
         return self.block_rows is not None and self.out_features % self.block_rows == 0
 
-    def dense(self) -> torch.Tensor:
-        """The bfloat16 weight, unpacked from the kernel's layout (see `int4_block_rows`)."""
+    def dense(self, dtype: torch.dtype = COMPUTE) -> torch.Tensor:
+        """The weight in `dtype`, unpacked from the kernel's layout (see `int4_block_rows`)."""
         n, k = self.out_features, self.in_features
         q = _unpack_int4(self.packed, n, k, self.block_rows)
-        groups = (q.to(COMPUTE) - 8).reshape(n, k // self.group_size, self.group_size)
-        scales = self.scales_zeros[..., 0].t()[..., None]
-        zeros = self.scales_zeros[..., 1].t()[..., None]
+        groups = (q.to(dtype) - 8).reshape(n, k // self.group_size, self.group_size)
+        scales = self.scales_zeros[..., 0].t()[..., None].to(dtype)
+        zeros = self.scales_zeros[..., 1].t()[..., None].to(dtype)
         return (groups * scales + zeros).reshape(n, k)
 
 
@@ -146,14 +147,14 @@ class SplitInt4Weight:
 
     def matmul(self, rows):
         if rows.shape[0] >= DENSE_FROM_ROWS and self.high.unpackable():
-            return matmul_bf16(rows, self.dense())
+            return _dense_product(rows, self.dense(PROMPT_DTYPE))
         return self.high.matmul(rows) + self.low.matmul(rows)
 
     def __call__(self, x, bias):
         return _apply(self, x, bias)
 
-    def dense(self) -> torch.Tensor:
-        return self.high.dense() + self.low.dense()
+    def dense(self, dtype: torch.dtype = COMPUTE) -> torch.Tensor:
+        return self.high.dense(dtype) + self.low.dense(dtype)
 
 
 def _apply(weight, x, bias):
@@ -181,11 +182,17 @@ class Int8Weight:
     def __call__(self, x, bias):
         rows = x.reshape(-1, self.in_features).to(COMPUTE)
         if rows.shape[0] >= DENSE_FROM_ROWS:
-            y = matmul_bf16(rows, self.values.to(COMPUTE) * self.scales[:, None])
+            y = _dense_product(rows, self.values.to(PROMPT_DTYPE) * self.scales[:, None].to(PROMPT_DTYPE))
         else:
             y = torch._weight_int8pack_mm(rows, self.values, self.scales)
         y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         return y if bias is None else y + bias
+
+
+def _dense_product(rows: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    """Prompt rows times a weight dequantized for the call, in bfloat16 or, on CPUs without
+    native bfloat16 (torch_cpu_linear.NATIVE_BF16), float32."""
+    return F.linear(rows.to(dense.dtype), dense).to(rows.dtype)
 
 
 def prepare_dense(q: QuantizedTensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
