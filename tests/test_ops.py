@@ -165,7 +165,6 @@ def test_linear(pair, dtype, bias, rows):
         compare(pair, lambda o, x, w: o.linear(x, o.prepare_linear(w)), x, w, dtype=dtype)
 
 
-
 @pytest.mark.parametrize("rows", [1, 3, 4, 70])
 @pytest.mark.parametrize("bias", [False, True])
 def test_bf16_linear_on_a_cpu_without_native_bf16(monkeypatch, rows, bias):

@@ -27,7 +27,7 @@ CPUs without native bfloat16 arithmetic (AVX2 only: AMD Zen 3, Intel before
 Cooper Lake) cannot pack bfloat16 weights, and torch's emulated bfloat16 product
 runs a 512-token prompt at 18 GFLOP/s where float32 reaches 125 (measured on a
 2-core Zen 3). There bfloat16 weights stay as they are for one-row products and
-are upcast to float32 for prompt chunks (`UpcastingBf16Weight`, `matmul_bf16`).
+are upcast to float32 for prompt chunks (`UpcastingBf16Weight`).
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ PROMPT_DTYPE = torch.bfloat16 if NATIVE_BF16 else torch.float32
 
 
 def prepare(weight: torch.Tensor, compiled: bool):
-    """Prepacked for oneDNN, but dense float32 for compiled layers; as it is when oneDNN cannot take it."""
+    """Prepacked for oneDNN, but dense float32 for compiled layers; bfloat16 without native support
+    upcast per prompt chunk; as it is when oneDNN cannot take it."""
     if weight.dtype == torch.bfloat16 and not NATIVE_BF16:
         return UpcastingBf16Weight(weight)
     if weight.dtype not in (torch.float32, torch.bfloat16) or not _HAS_MKLDNN_LINEAR:
@@ -95,15 +96,8 @@ class DenseCpuWeight:
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
-def matmul_bf16(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """bfloat16 rows (M, in) times a bfloat16 weight (out, in)^T, in float32 where that is faster."""
-    if NATIVE_BF16 or rows.shape[0] < UPCAST_FROM_ROWS:
-        return F.linear(rows, weight)
-    return F.linear(rows.float(), weight.float()).to(rows.dtype)
-
-
 class UpcastingBf16Weight:
-    """A bfloat16 weight on a CPU without native bfloat16 arithmetic (see `matmul_bf16`).
+    """A bfloat16 weight on a CPU without native bfloat16 arithmetic.
 
     One row (decode) reads the bfloat16 weight, half the bytes of float32; prompt
     chunks multiply in float32, where torch's emulated bfloat16 product is ~7x slower.
@@ -116,7 +110,10 @@ class UpcastingBf16Weight:
 
     def __call__(self, x, bias):
         rows = x.reshape(-1, self.in_features)
-        y = matmul_bf16(rows.to(torch.bfloat16), self.weight).to(x.dtype)
+        if rows.shape[0] < UPCAST_FROM_ROWS:
+            y = F.linear(rows.to(torch.bfloat16), self.weight).to(x.dtype)
+        else:
+            y = F.linear(rows.float(), self.weight.float()).to(x.dtype)
         if bias is not None:
             y = y + bias
         return y.reshape(*x.shape[:-1], self.out_features)

@@ -119,10 +119,9 @@ def int4_block_rows() -> int | None:
     """
     probe = torch.randint(0, 16, (128, 64), dtype=torch.int32, generator=torch.Generator().manual_seed(0))
     packed = torch._convert_weight_to_int4pack_for_cpu(probe, 1)
-    for block in (64, 32):
-        if packed.numel() == probe.numel() // 2 and torch.equal(_unpack_int4(packed, 128, 64, block).int(), probe):
-            return block
-    return None
+    if packed.numel() != probe.numel() // 2:
+        return None
+    return next((block for block in (64, 32) if torch.equal(_unpack_int4(packed, 128, 64, block).int(), probe)), None)
 
 
 class SplitInt4Weight:
