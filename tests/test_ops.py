@@ -170,9 +170,10 @@ def test_linear(pair, dtype, bias, rows):
 def test_bf16_linear_on_a_cpu_without_native_bf16(monkeypatch, rows, bias):
     """AVX2-only CPUs cannot pack bf16 for oneDNN: the weight stays bf16, prompt chunks run in f32."""
     torch = pytest.importorskip("torch")
-    from mistralrs.backends import torch_cpu_linear
+    from mistralrs.backends import torch_cpu_kernels, torch_cpu_linear
 
     monkeypatch.setattr(torch_cpu_linear, "NATIVE_BF16", False)
+    monkeypatch.setattr(torch_cpu_kernels, "available", lambda: False)  # torch's kernels, not ours
     o = _torch_ops()
     w = torch.from_numpy(rand(48, 64, seed=1) / 8).bfloat16()
     x = torch.from_numpy(rand(rows, 64)).bfloat16()

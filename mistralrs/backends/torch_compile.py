@@ -9,7 +9,8 @@ layer of a model, since the layers differ only in their weights.
 
 Float32 one-row matmuls (decode) become inductor's own loops over the weights;
 the other matmuls stay oneDNN's, called from the compiled code as they are (see
-torch_cpu_linear and `_call_onednn_linear_directly`).
+torch_cpu_linear and `_call_onednn_linear_directly`). Where our streaming kernels
+run (torch_cpu_kernels), decode products call them, as registered operators.
 
 Compiling needs a C++ compiler (inductor generates and builds C++ on the CPU). When
 there is none, or compiling fails, the layer runs eagerly with one warning;

@@ -281,6 +281,8 @@ _CALLABLE_WEIGHTS = (
     torch_cpu_linear.PackedCpuWeight,
     torch_cpu_linear.DenseCpuWeight,
     torch_cpu_linear.UpcastingBf16Weight,
+    torch_cpu_linear.StreamingCpuWeight,
+    torch_quant.StreamingQuantWeight,
     torch_quant.Int4Weight,
     torch_quant.SplitInt4Weight,
     torch_quant.Int8Weight,

@@ -160,6 +160,7 @@ def load(
                               importance)
     if ops.compile_steps:
         warm_up(loaded.model, ops, status)
+        heap.return_freed_memory()  # the warm-up prompts' dequantized weights and activations
     defaults = generation_defaults(source.folder if not source.is_gguf else None)
     status.done()
     return LLM(

@@ -6,7 +6,11 @@ in-situ quantization hands the blocks to a backend, which re-lays them for its k
 - torch on the CPU (backends/torch_quant.py): an affine format of at most 4 bits in groups
   of 32/64/128/256 (Q4_0, Q4_1, Q4_K, AFQ2-4) runs as int4 with a bfloat16 scale and zero
   per group; every other format runs as int8 with one bfloat16 scale per output row. An
-  embedding table is always int8 rows (torch_ops.prepare_quantized_embedding).
+  embedding table is always int8 rows (torch_ops.prepare_quantized_embedding). Where our
+  streaming kernels run (backends/torch_cpu_kernels.py, AVX2 CPUs without native bfloat16),
+  the 5- to 8-bit formats take 8 bits plus a float16 scale and bias per group, 9 bits for
+  groups of 32, where this counts the 10 of two int4 matrices: a 10 % overestimate, kept so
+  that the arithmetic needs no knowledge of the CPU.
 - torch elsewhere (CUDA): the weight is dequantized to the compute dtype, no saving.
 - MLX (backends/mlx_quant.py): a format with an exact affine view keeps its bits plus a
   scale and a bias per group in the compute dtype (groups of 32 for GGML formats, 64 for

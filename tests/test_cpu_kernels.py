@@ -1,0 +1,151 @@
+"""Our streaming decode kernels (backends/csrc/cpu_matvec.cpp), against float64 products.
+
+They run where they are built (x86-64 with AVX2 and a C++ compiler); on CPUs with
+native bfloat16 they are forced on here, since the tests check the arithmetic.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from mistralrs.backends import torch_cpu_kernels  # noqa: E402
+from mistralrs.backends.torch_cpu_linear import StreamingCpuWeight  # noqa: E402
+from mistralrs.backends.torch_quant import Int8Weight, StreamingQuantWeight, prepare_cpu  # noqa: E402
+from mistralrs.errors import UserError  # noqa: E402
+from mistralrs.quant import ggml_blocks  # noqa: E402
+from mistralrs.quant.ggml_affine import AffineGroups  # noqa: E402
+from mistralrs.quant.qtensor import GgmlTensor  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def kernels(monkeypatch):
+    monkeypatch.setenv(torch_cpu_kernels.ENV, "1")
+    torch_cpu_kernels.available.cache_clear()
+    if torch_cpu_kernels.unavailable_reason() is not None or not torch_cpu_kernels.available():
+        pytest.skip(f"the CPU kernels do not run here: {torch_cpu_kernels.unavailable_reason()}")
+    yield
+    monkeypatch.delenv(torch_cpu_kernels.ENV)
+    torch_cpu_kernels.available.cache_clear()
+
+
+def _relative_error(got: torch.Tensor, expected: np.ndarray) -> float:
+    return float(np.abs(got.double().numpy() - expected).max() / np.abs(expected).max())
+
+
+# Rows 1-15 run the kernels, 16 and more a dense matmul of the unpacked weight.
+@pytest.mark.parametrize("rows", [1, 3, 15, 16, 40])
+@pytest.mark.parametrize("weight_dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("input_dtype", ["float32", "bfloat16"])
+def test_dense_weights(rows, weight_dtype, input_dtype):
+    g = torch.Generator().manual_seed(0)
+    w = (torch.randn(72, 200, generator=g) / 8).to(getattr(torch, weight_dtype))
+    x = torch.randn(2, rows, 200, generator=g).to(getattr(torch, input_dtype))
+    bias = torch.randn(72, generator=g).to(x.dtype)
+    prepared = StreamingCpuWeight(w)
+    assert torch.equal(prepared.dense(), w)
+    y = prepared(x, bias)
+    assert y.dtype == x.dtype and y.shape == (2, rows, 72)
+    expected = x.double().numpy() @ w.double().numpy().T + bias.double().numpy()
+    assert _relative_error(y, expected) < (1e-5 if input_dtype == "float32" else 2**-7)
+
+
+def _groups(bits: int, group_size: int, rows: int = 20, cols: int = 384, seed: int = 0) -> AffineGroups:
+    rng = np.random.default_rng(seed)
+    q = rng.integers(0, 2**bits, (rows, cols)).astype(np.uint8)
+    scales = (rng.random((rows, cols // group_size)) * 0.01 + 1e-3).astype(np.float32)
+    biases = (-rng.random((rows, cols // group_size)) * 0.05 * 2**bits / 16).astype(np.float32)
+    return AffineGroups(bits, group_size, q, scales, biases)
+
+
+def _f16_dequantized(groups: AffineGroups) -> np.ndarray:
+    """The weight the kernels hold: exact values, scales and biases rounded to float16."""
+    rows, cols = groups.q.shape
+    s = groups.scales.astype(np.float16).astype(np.float32)[..., None]
+    b = groups.biases.astype(np.float16).astype(np.float32)[..., None]
+    return (groups.q.reshape(rows, -1, groups.group_size).astype(np.float32) * s + b).reshape(rows, cols)
+
+
+@pytest.mark.parametrize("rows", [1, 5, 16, 40])
+@pytest.mark.parametrize(("bits", "group_size"), [(4, 32), (4, 64), (4, 128), (2, 64), (5, 32), (6, 64), (8, 32),
+                                                  (8, 128)])
+@pytest.mark.parametrize("input_dtype", ["float32", "bfloat16"])
+def test_quantized_weights(rows, bits, group_size, input_dtype):
+    groups = _groups(bits, group_size)
+    weight = StreamingQuantWeight.from_groups(groups)
+    w = _f16_dequantized(groups)
+    np.testing.assert_array_equal(weight.dense(torch.float32).numpy(), w)
+    x = torch.randn(rows, 384, generator=torch.Generator().manual_seed(1)).to(getattr(torch, input_dtype))
+    y = weight(x, None)
+    assert y.dtype == x.dtype and y.shape == (rows, 20)
+    # The kernels round the activations to int16 per 32 values (~3e-5 of their largest).
+    bound = 2e-4 if input_dtype == "float32" else 2**-7  # bfloat16 outputs round to 8 bits
+    assert _relative_error(y, x.double().numpy() @ w.astype(np.float64).T) < bound
+
+
+def test_ggml_formats_stream_through_the_kernels():
+    w = (np.random.default_rng(0).standard_normal((64, 512)) * 0.05).astype(np.float32)
+    for kind in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K"):
+        q = GgmlTensor(kind, w.shape, ggml_blocks.quantize(w, kind))
+        prepared = prepare_cpu(q)
+        assert isinstance(prepared, StreamingQuantWeight), kind
+        x = torch.randn(1, 512, generator=torch.Generator().manual_seed(2))
+        assert _relative_error(prepared(x, None), x.double().numpy() @ q.dequantize().astype(np.float64).T) < 1e-3
+
+
+def test_scales_beyond_float16_keep_torchs_kernels():
+    groups = _groups(4, 32)
+    huge = AffineGroups(4, 32, groups.q, groups.scales * 1e8, groups.biases)  # beyond 65504
+    assert StreamingQuantWeight.from_groups(huge) is None
+    tiny_next_to_large = groups.scales.copy()
+    tiny_next_to_large[0, 0] = 1e-7  # subnormal in float16, but next to the largest its error is negligible
+    tiny_next_to_large[1, 0] = 10.0
+    assert StreamingQuantWeight.from_groups(AffineGroups(4, 32, groups.q, tiny_next_to_large, groups.biases)) is not None
+
+
+def test_int8_tables_stream_and_still_look_up_rows():
+    w = (np.random.default_rng(3).standard_normal((96, 128)) * 0.05).astype(np.float32)
+    q = GgmlTensor("Q6_K", (96, 256), ggml_blocks.quantize(np.tile(w, 2), "Q6_K"))
+    streaming = Int8Weight(q)
+    assert streaming.streaming is not None and streaming.values is None
+    ids = torch.tensor([[0, 5, 95], [7, 7, 1]])
+    rows = streaming.rows(ids)
+    dequantized = q.dequantize()
+    assert rows.shape == (2, 3, 256)
+    assert np.abs(rows.float().numpy() - dequantized[ids.numpy()]).max() <= np.abs(dequantized).max() / 100
+    x = torch.randn(1, 256, generator=torch.Generator().manual_seed(4))
+    assert _relative_error(streaming(x, None), x.double().numpy() @ dequantized.astype(np.float64).T) < 2e-2
+
+
+def test_compiled_code_calls_the_kernels():
+    w = torch.randn(64, 128, generator=torch.Generator().manual_seed(5))
+    dense = StreamingCpuWeight(w)
+    quantized = StreamingQuantWeight.from_groups(_groups(4, 32, rows=64, cols=128))
+
+    def step(x):
+        return dense(x, None) + quantized(x, None)
+
+    x = torch.randn(1, 128, generator=torch.Generator().manual_seed(6))
+    torch.testing.assert_close(torch.compile(step, fullgraph=True)(x), step(x), rtol=1e-5, atol=1e-5)
+
+
+def test_the_operators_reject_wrong_shapes():
+    w = torch_cpu_kernels.repack_dense(torch.randn(64, 128))
+    with pytest.raises(RuntimeError, match="activations must be contiguous"):
+        torch_cpu_kernels.matvec_dense(torch.randn(1, 96), w)
+    with pytest.raises(RuntimeError, match="multiple of"):
+        torch_cpu_kernels.matvec_dense(torch.randn(1, 128), torch.randn(6, 128))
+    groups = _groups(4, 32, rows=8, cols=128)
+    values, scale_bias = torch_cpu_kernels.repack_quantized(groups.q, groups.scales, groups.biases, 32, 4)
+    with pytest.raises(RuntimeError, match="float16"):
+        torch_cpu_kernels.matvec_quantized(torch.randn(1, 128), values, scale_bias.float(), 32, 128, 4)
+
+
+def test_the_setting_is_validated(monkeypatch):
+    monkeypatch.setenv(torch_cpu_kernels.ENV, "maybe")
+    with pytest.raises(UserError, match="MISTRALRS_CPU_KERNELS='maybe' is not understood.*1.*0"):
+        torch_cpu_kernels.unavailable_reason()
+    monkeypatch.setenv(torch_cpu_kernels.ENV, "0")
+    assert torch_cpu_kernels.unavailable_reason() == f"{torch_cpu_kernels.ENV}=0"
