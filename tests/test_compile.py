@@ -88,6 +88,7 @@ def test_an_error_in_the_inputs_is_raised_not_swallowed():
     assert not step.failed
 
 
+@pytest.mark.torch_env
 @pytest.mark.parametrize("isq", ["q8_0", "q4_0", "q6k", None])
 def test_compiled_quantized_and_bf16_layers_match_eager_ones(tiny_model_dir, isq):
     """The integer kernels (two-int4, int4, int8 rows) and bfloat16's packed oneDNN weights
@@ -116,6 +117,7 @@ def test_compiled_quantized_and_bf16_layers_match_eager_ones(tiny_model_dir, isq
     assert not compiled.model.model._compiled_layer.failed
 
 
+@pytest.mark.torch_env
 @pytest.mark.parametrize("isq", [None, "q4_0"])
 def test_warm_up_compiles_every_shape_a_generation_meets(tiny_model_dir, isq):
     """After loading, prompts of any length (fresh, and chunked after earlier tokens) and the

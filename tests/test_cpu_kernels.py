@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.torch_env
 
 from mistralrs.backends import torch_cpu_kernels  # noqa: E402
 from mistralrs.backends.torch_cpu_linear import StreamingCpuWeight  # noqa: E402

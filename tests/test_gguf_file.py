@@ -128,6 +128,7 @@ def assert_same_config(ours: dict, reference_config, extra_keys=()) -> None:
     assert ours["head_dim"] == head_dim
 
 
+@pytest.mark.torch_env  # compares files with transformers, no backend
 def test_smollm2_weights_equal_transformers(smollm2_path, smollm2_reference):
     assert_same_weights(read_gguf([str(smollm2_path)]), smollm2_reference)
 
@@ -143,6 +144,7 @@ def test_smollm2_config_equals_transformers(smollm2_path, smollm2_reference):
 
 
 @pytest.mark.slow  # transformers takes ~35 s to load this GGUF
+@pytest.mark.torch_env  # compares files with transformers, no backend
 def test_gemma3_weights_and_config_equal_transformers(gemma3_path):
     reference = _transformers_model(gemma3_path)
     ours = read_gguf([str(gemma3_path)])
@@ -163,6 +165,7 @@ def test_gemma3_weights_and_config_equal_transformers(gemma3_path):
 
 
 @pytest.mark.slow  # a 491 MB download, and transformers takes ~35 s to load it
+@pytest.mark.torch_env  # compares files with transformers, no backend
 def test_qwen2_weights_config_and_tokenizer_equal_transformers(qwen2_path):
     reference = _transformers_model(qwen2_path)
     ours = read_gguf([str(qwen2_path)])

@@ -45,6 +45,9 @@ FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC", "-s
 
 
 def cache_dir() -> Path:
+    """$MISTRALRS_KERNEL_CACHE, else ~/.cache/mistralrs/cpu-kernels (or under $XDG_CACHE_HOME)."""
+    if os.environ.get("MISTRALRS_KERNEL_CACHE"):
+        return Path(os.environ["MISTRALRS_KERNEL_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "mistralrs" / "cpu-kernels"
 
