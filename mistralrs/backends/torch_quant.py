@@ -50,7 +50,10 @@ DENSE_FROM_ROWS = 64
 def cpu_layout(q: QuantizedTensor) -> str:
     """Which kernel `q` runs on: "streaming" (ours, exact values), "int4" (exact), "split-int4"
     (exact, two int4 products) or "int8"."""
-    groups = affine_groups(q)
+    return _layout(affine_groups(q))
+
+
+def _layout(groups: AffineGroups | None) -> str:
     if groups is not None and StreamingQuantWeight.fits(groups) and torch_cpu_kernels.available():
         return "streaming"
     if groups is None or groups.group_size not in INT4_GROUP_SIZES:
@@ -60,13 +63,17 @@ def cpu_layout(q: QuantizedTensor) -> str:
 
 def prepare_cpu(q: QuantizedTensor):
     groups = affine_groups(q)  # unpacked once: it reads the whole tensor
-    if groups is not None and StreamingQuantWeight.fits(groups) and torch_cpu_kernels.available():
+    layout = _layout(groups)
+    if layout == "streaming":
         weight = StreamingQuantWeight.from_groups(groups)
         if weight is not None:
             return weight
-    if groups is None or groups.group_size not in INT4_GROUP_SIZES:
-        return Int8Weight(q)
-    return Int4Weight.from_groups(groups) if groups.bits <= 4 else SplitInt4Weight(groups)
+        layout = "int4" if groups.bits <= 4 else "split-int4"  # scales beyond float16
+    if layout == "int4":
+        return Int4Weight.from_groups(groups)
+    if layout == "split-int4":
+        return SplitInt4Weight(groups)
+    return Int8Weight(q)
 
 
 class Int4Weight:
