@@ -1,4 +1,4 @@
-"""Our streaming decode kernels (backends/csrc/cpu_matvec.cpp), against float64 products.
+"""Our decode kernels (backends/csrc/cpu_matvec.cpp, cpu_decode_attention.cpp), against float64 references.
 
 They run where they are built (x86-64 with AVX2 and a C++ compiler); on CPUs with
 native bfloat16 they are forced on here, since the tests check the arithmetic.
@@ -142,6 +142,81 @@ def test_the_operators_reject_wrong_shapes():
     values, scale_bias = torch_cpu_kernels.repack_quantized(groups.q, groups.scales, groups.biases, 32, 4)
     with pytest.raises(RuntimeError, match="float16"):
         torch_cpu_kernels.matvec_quantized(torch.randn(1, 128), values, scale_bias.float(), 32, 128, 4)
+
+
+def _attention_reference(q, k, v, scale):
+    scores = torch.einsum("bhgd,bhtd->bhgt", q.double().unflatten(1, (k.shape[1], -1)).squeeze(3), k.double()) * scale
+    out = torch.einsum("bhgt,bhtd->bhgd", scores.softmax(-1), v.double())
+    return out.flatten(1, 2).unsqueeze(2).numpy()
+
+
+# Query heads per key head: 1 (no grouping), 3, 8 (the most one pass handles), 12 (two passes).
+# Positions: fewer than a chunk, a serial amount, and enough to split across threads.
+@pytest.mark.parametrize(("heads", "kv_heads"), [(4, 4), (9, 3), (16, 2), (12, 1)])
+@pytest.mark.parametrize("positions", [1, 7, 33, 301])
+def test_decode_attention(heads, kv_heads, positions):
+    g = torch.Generator().manual_seed(positions)
+    # Views of a longer cache, as the KV cache hands them over: strides are not contiguous.
+    cache_k = torch.randn(2, kv_heads, positions + 50, 64, generator=g) * 2
+    cache_v = torch.randn(2, kv_heads, positions + 50, 64, generator=g)
+    k, v = cache_k[:, :, 10:10 + positions], cache_v[:, :, 10:10 + positions]
+    q = torch.randn(2, heads, 1, 64, generator=g)
+    out = torch_cpu_kernels.decode_attention(q, k, v, 0.125)
+    assert out.shape == (2, heads, 1, 64) and out.is_contiguous()
+    assert _relative_error(out, _attention_reference(q, k, v, 0.125)) < 1e-5
+
+
+def test_decode_attention_value_size_can_differ_and_scores_can_be_large():
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(1, 6, 1, 128, generator=g) * 30  # scores in the thousands: the max is subtracted first
+    k, v = torch.randn(1, 2, 100, 128, generator=g), torch.randn(1, 2, 100, 40, generator=g)
+    out = torch_cpu_kernels.decode_attention(q, k, v, 128**-0.5)
+    assert out.shape == (1, 6, 1, 40)
+    assert _relative_error(out, _attention_reference(q, k, v, 128**-0.5)) < 1e-5
+
+
+def test_torch_ops_decode_uses_the_attention_kernel(monkeypatch):
+    from mistralrs.backends.torch_ops import TorchOps
+
+    ops = TorchOps(cpu=True)
+    assert ops._decode_attention_kernel
+    calls = []
+    monkeypatch.setattr(torch_cpu_kernels, "decode_attention",
+                        lambda *a: calls.append(a) or torch.ops.mistralrs_cpu.decode_attention(*a))
+    g = torch.Generator().manual_seed(2)
+    q, k, v = torch.randn(1, 6, 1, 64, generator=g), torch.randn(1, 2, 20, 64, generator=g), torch.randn(1, 2, 20, 64, generator=g)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=0.125, enable_gqa=True)
+    torch.testing.assert_close(ops.attention(q, k, v, 0.125, None), expected, rtol=1e-5, atol=1e-6)
+    assert len(calls) == 1
+    # Prompts (several query rows, a causal mask) and bfloat16 queries over a bfloat16 cache keep SDPA.
+    ops.attention(torch.randn(1, 6, 3, 64), torch.randn(1, 2, 3, 64), torch.randn(1, 2, 3, 64), 0.125, "causal")
+    ops.attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), 0.125, None)
+    assert len(calls) == 1
+
+
+def test_compiled_code_calls_the_attention_kernel():
+    g = torch.Generator().manual_seed(3)
+    q, k, v = torch.randn(1, 9, 1, 64, generator=g), torch.randn(1, 3, 40, 64, generator=g), torch.randn(1, 3, 40, 64, generator=g)
+
+    def step(q, k, v):
+        return torch_cpu_kernels.decode_attention(q * 2, k, v, 0.125) + 1
+
+    torch.testing.assert_close(torch.compile(step, fullgraph=True)(q, k, v), step(q, k, v), rtol=1e-6, atol=1e-6)
+
+
+def test_decode_attention_rejects_what_it_cannot_take():
+    q, k, v = torch.randn(1, 6, 1, 64), torch.randn(1, 4, 9, 64), torch.randn(1, 4, 9, 64)
+    with pytest.raises(RuntimeError, match="multiple of the key heads"):
+        torch_cpu_kernels.decode_attention(q, k, v, 0.125)
+    with pytest.raises(RuntimeError, match="float32"):
+        torch_cpu_kernels.decode_attention(q.bfloat16(), k[:, :2], v[:, :2], 0.125)
+    with pytest.raises(RuntimeError, match=r"q \(B, H, 1, D\)"):
+        torch_cpu_kernels.decode_attention(torch.randn(1, 6, 2, 64), k[:, :2], v[:, :2], 0.125)
+    with pytest.raises(RuntimeError, match="multiples of 8"):
+        torch_cpu_kernels.decode_attention(q[..., :60], k[:, :2, :, :60], v[:, :2, :, :60], 0.125)
+    with pytest.raises(RuntimeError, match="at least one key"):
+        torch_cpu_kernels.decode_attention(q, k[:, :2, :0], v[:, :2, :0], 0.125)
+    assert not torch_cpu_kernels.decode_attention_fits(q, k.transpose(2, 3), v)
 
 
 def test_the_setting_is_validated(monkeypatch):

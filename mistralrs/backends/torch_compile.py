@@ -26,10 +26,17 @@ import sys
 from collections.abc import Callable
 
 import torch
+import torch._inductor.config as inductor_config
 
 # Layer kinds x (prefill, decode) x (static, dynamic) x batch shapes: more than the default 8.
 torch._dynamo.config.cache_size_limit = 64
 torch._dynamo.config.accumulated_cache_size_limit = 512
+# Inductor splits a loop across threads from 2 x 512 elements. A decode step's fused loops
+# (norms, the gated activation: 576-3072 elements) then spend more on waking the other
+# thread than on work: on the 2-core VM a compiled silu(gate) * up over 1536 values took
+# 180-190 us split across two threads and 46-64 us on one (a busy hour; the gap is the
+# wake-up). Prompt chunks (rows x hidden, ~10^5 elements) are still split.
+inductor_config.cpp.min_chunk_size = max(inductor_config.cpp.min_chunk_size, 8192)
 
 
 def _call_onednn_linear_directly() -> None:

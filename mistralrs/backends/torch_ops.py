@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
-from mistralrs.backends import torch_compile, torch_cpu_linear, torch_quant
+from mistralrs.backends import torch_compile, torch_cpu_kernels, torch_cpu_linear, torch_quant
 from mistralrs.backends.ops import Ops, Tensor
 
 _DTYPES = {
@@ -38,6 +38,8 @@ class TorchOps(Ops):
         self._rope_offset = None
         # Inference only: autograd bookkeeping costs per-op time on the decode path.
         torch.set_grad_enabled(False)
+        # Decided here, not on first use, so compiled code never traces the kernels' build.
+        self._decode_attention_kernel = self.torch_device.type == "cpu" and torch_cpu_kernels.available()
 
     # ---- data --------------------------------------------------------------
     def asarray(self, array, dtype=None):
@@ -172,6 +174,9 @@ class TorchOps(Ops):
     def attention(self, q, k, v, scale, mask):
         if q.dtype != k.dtype:
             return self.attention(q.to(k.dtype), k, v, scale, mask).to(q.dtype)
+        if mask is None and self._decode_attention_kernel and torch_cpu_kernels.decode_attention_fits(q, k, v):
+            # One query row per head (decode): about half of SDPA's time on the CPU.
+            return torch_cpu_kernels.decode_attention(q, k, v, scale)
         gqa = q.shape[1] != k.shape[1]
         if isinstance(mask, str):
             # SDPA's is_causal aligns the mask top-left, so it is right only when
