@@ -112,8 +112,13 @@ def test_compiled_quantized_and_bf16_layers_match_eager_ones(tiny_model_dir, isq
         return np.concatenate([prompt, np.stack(steps)])
 
     a, b = logits(eager), logits(compiled)
-    # bfloat16 activations between the kernels: fused code may round in another order.
-    assert np.abs(a - b).max() <= 2e-2 * np.abs(a).max()
+    # bfloat16 activations between the kernels: fused code may round in another order. On CPUs
+    # with native bfloat16, prompt products of 4- to 6-bit weights round their float32 inputs
+    # to bfloat16 too (torch_cpu_linear.PROMPT_DTYPE), at other places in fused code: up to
+    # 2.4 % measured on this random model's large logits.
+    from mistralrs.backends.torch_cpu_linear import NATIVE_BF16
+
+    assert np.abs(a - b).max() <= (4e-2 if NATIVE_BF16 else 2e-2) * np.abs(a).max()
     assert not compiled.model.model._compiled_layer.failed
 
 
@@ -126,10 +131,115 @@ def test_warm_up_compiles_every_shape_a_generation_meets(tiny_model_dir, isq):
     from mistralrs.engine.params import SamplingParams
 
     llm = load(tiny_model_dir("qwen3"), backend="torch", cpu=True, isq=isq, compile=True, prefill_chunk=128)
-    compiled = llm.model.model._compiled_layer
+    compiled, decode = llm.model.model._compiled_layer, llm.model.model._compiled_decode_layer
+    traced_at_load = decode.traces
     params = SamplingParams(temperature=0, max_tokens=3, ignore_eos=True)
     with torch.compiler.set_stance("fail_on_recompile"):
         for length in (2, 3, 37, 64, 70, 200, 301):  # 200 and 301: chunks of 128 then 72 / 45
             llm.generate(list(range(5, 5 + length)), params)
     # A recompile would have raised inside the compiled step, which then runs eagerly for good.
     assert not compiled.failed
+    assert decode.traces == traced_at_load and decode.refusals == []
+
+
+# ---- decode steps traced once per shape (torch_fixed_shapes.FixedShapeStep) ----------------
+def _layer_and_cache(llm, prompt_length: int):
+    """The first decoder layer and its cache after a prompt, ready for single-token steps."""
+    import numpy as np
+
+    caches = llm.model.make_caches()
+    llm.model(llm.ops.asarray(np.arange(5, 5 + prompt_length)[None]), caches)
+    return llm.model.model.layers[0], caches[0]
+
+
+def _steps(step, layer, cache, count: int, seed: int = 0, hidden: int = 64):
+    """`count` single-token calls of step(layer, x, cache) on seeded random hidden states
+    (the tiny models are 64 wide)."""
+    generator = torch.Generator().manual_seed(seed)
+    outputs = []
+    for _ in range(count):
+        cache.reserve(1)
+        x = torch.randn(1, 1, hidden, generator=generator)
+        outputs.append(step(layer, x, cache).clone())
+    return outputs
+
+
+@pytest.mark.torch_env
+def test_decode_steps_match_eager_ones_as_the_cache_grows(tiny_model_dir):
+    """The traced decode step (its guards, its symbolic position and capacity, the offset it
+    writes back) gives the eager numbers through a cache growing from 256 to 512 positions,
+    and the warm-up already traced every shape these steps meet."""
+    import numpy as np
+
+    from mistralrs import load
+
+    folder = tiny_model_dir("qwen3")
+    eager = load(folder, backend="torch", cpu=True, dtype="f32", compile=False)
+    compiled = load(folder, backend="torch", cpu=True, dtype="f32", compile=True)
+    decode = compiled.model.model._compiled_decode_layer
+    traced_at_load = decode.traces
+    assert traced_at_load >= 1 and decode.refusals == []
+
+    def logits(llm):
+        ops, model, caches = llm.ops, llm.model, llm.model.make_caches()
+        ids = list(range(5, 255))
+        model(ops.asarray(np.asarray([ids])), caches)
+        out = [ops.to_numpy(model(ops.asarray(np.asarray([[t]])), caches))[0, -1] for t in range(20, 32)]
+        return np.stack(out), [c.offset for c in caches], caches[0].keys.shape[2]
+
+    (a, offsets_a, _), (b, offsets_b, capacity) = logits(eager), logits(compiled)
+    assert capacity == 512 and offsets_a == offsets_b == [262] * len(offsets_a)
+    assert np.abs(a - b).max() <= 1e-5 * np.abs(a).max()
+    assert decode.traces == traced_at_load and decode.refusals == []
+
+
+@pytest.mark.torch_env
+def test_a_decode_step_it_cannot_trace_runs_through_the_fallback(tiny_model_dir):
+    from mistralrs import load
+    from mistralrs.backends.torch_fixed_shapes import FixedShapeStep
+
+    llm = load(tiny_model_dir("qwen3"), backend="torch", cpu=True, dtype="f32", compile=False)
+    layer_call = type(llm.model.model.layers[0]).__call__
+    constant = torch.linspace(0, 1, 64)
+
+    def reads_a_global(layer, x, cache):  # a tensor no argument holds: baked into a trace, it would go stale
+        return layer_call(layer, x, cache) + constant
+
+    fallback_calls = []
+
+    def fallback(*args):
+        fallback_calls.append(1)
+        return reads_a_global(*args)
+
+    layer, cache = _layer_and_cache(llm, 10)
+    step = FixedShapeStep(reads_a_global, fallback)
+    first = _steps(step, layer, cache, 2)
+    assert len(fallback_calls) == 2 and step.traces == 0
+    assert len(step.refusals) == 1  # once: the signature is left to the fallback for good
+    layer, cache = _layer_and_cache(llm, 10)
+    assert all(torch.equal(a, b) for a, b in zip(first, _steps(reads_a_global, layer, cache, 2), strict=True))
+
+
+@pytest.mark.torch_env
+def test_a_failed_shape_condition_traces_again(tiny_model_dir):
+    """A branch on the position becomes a guard: past it, a second graph; before it, the first."""
+    from mistralrs import load
+    from mistralrs.backends.torch_fixed_shapes import FixedShapeStep
+
+    llm = load(tiny_model_dir("qwen3"), backend="torch", cpu=True, dtype="f32", compile=False)
+    layer_call = type(llm.model.model.layers[0]).__call__
+
+    def branches(layer, x, cache):
+        out = layer_call(layer, x, cache)
+        return out * 2 if cache.offset > 13 else out
+
+    layer, cache = _layer_and_cache(llm, 10)
+    step = FixedShapeStep(branches, lambda *a: pytest.fail("nothing here needs the fallback"))
+    traced = _steps(step, layer, cache, 6)  # offsets 11..16: the branch flips at 14
+    assert step.traces == 2 and step.refusals == [] and cache.offset == 16
+    layer, cache = _layer_and_cache(llm, 10)
+    eager = _steps(branches, layer, cache, 6)
+    assert all((a - b).abs().max() <= 1e-5 * b.abs().max() for a, b in zip(traced, eager, strict=True))  # fused: ~4e-7
+    layer, cache = _layer_and_cache(llm, 10)
+    _steps(step, layer, cache, 6)  # both graphs' conditions are checked before tracing anew
+    assert step.traces == 2

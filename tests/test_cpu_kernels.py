@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch_env
 
 from mistralrs.backends import torch_cpu_kernels  # noqa: E402
-from mistralrs.backends.torch_cpu_linear import StreamingCpuWeight  # noqa: E402
+from mistralrs.backends.torch_cpu_linear import NATIVE_BF16, STREAM_UNTIL_ROWS, StreamingCpuWeight  # noqa: E402
 from mistralrs.backends.torch_quant import Int8Weight, StreamingQuantWeight, prepare_cpu  # noqa: E402
 from mistralrs.errors import UserError  # noqa: E402
 from mistralrs.quant import ggml_blocks  # noqa: E402
@@ -36,6 +36,14 @@ def _relative_error(got: torch.Tensor, expected: np.ndarray) -> float:
     return float(np.abs(got.double().numpy() - expected).max() / np.abs(expected).max())
 
 
+def _bound(input_dtype: str, rows: int, exact: float, prompt_in_bf16: bool = True) -> float:
+    """bfloat16 outputs round to 8 bits; so do prompt products of bfloat16 or unpacked quantized
+    weights on CPUs with native bfloat16, which run them in bfloat16 (torch_cpu_linear.PROMPT_DTYPE)."""
+    if input_dtype == "bfloat16" or (rows >= STREAM_UNTIL_ROWS and NATIVE_BF16 and prompt_in_bf16):
+        return 2**-7
+    return exact
+
+
 # Rows 1-15 run the kernels, 16 and more a dense matmul of the unpacked weight.
 @pytest.mark.parametrize("rows", [1, 3, 15, 16, 40])
 @pytest.mark.parametrize("weight_dtype", ["float32", "bfloat16"])
@@ -50,7 +58,7 @@ def test_dense_weights(rows, weight_dtype, input_dtype):
     y = prepared(x, bias)
     assert y.dtype == x.dtype and y.shape == (2, rows, 72)
     expected = x.double().numpy() @ w.double().numpy().T + bias.double().numpy()
-    assert _relative_error(y, expected) < (1e-5 if input_dtype == "float32" else 2**-7)
+    assert _relative_error(y, expected) < _bound(input_dtype, 2 * rows, 1e-5, prompt_in_bf16=weight_dtype == "bfloat16")
 
 
 def _groups(bits: int, group_size: int, rows: int = 20, cols: int = 384, seed: int = 0) -> AffineGroups:
@@ -82,8 +90,7 @@ def test_quantized_weights(rows, bits, group_size, input_dtype):
     y = weight(x, None)
     assert y.dtype == x.dtype and y.shape == (rows, 20)
     # The kernels round the activations to int16 per 32 values (~3e-5 of their largest).
-    bound = 2e-4 if input_dtype == "float32" else 2**-7  # bfloat16 outputs round to 8 bits
-    assert _relative_error(y, x.double().numpy() @ w.astype(np.float64).T) < bound
+    assert _relative_error(y, x.double().numpy() @ w.astype(np.float64).T) < _bound(input_dtype, rows, 2e-4)
 
 
 def test_ggml_formats_stream_through_the_kernels():

@@ -204,11 +204,17 @@ class Ops(ABC):
         """Standard Gumbel noise in float32; argmax(logits + noise) samples softmax(logits)."""
 
     # ---- speed -------------------------------------------------------------
-    def compile(self, fn: Callable) -> Callable | None:
+    def compile(self, fn: Callable, fixed_shapes: bool = False) -> Callable | None:
         """`fn` compiled when `compile_steps` is set and the backend can; None otherwise.
 
         Models compile one decoder layer's forward (`fn(layer, x, cache)`), which must keep
         working when called eagerly: a backend may fall back to it at any time.
+
+        `fixed_shapes`: the calls repeat their shapes step after step (decode). The backend
+        may then trace `fn` once per shape and skip re-checking the first argument's objects
+        on later calls, so that argument's tensors must not change once loaded; fields an
+        argument's class lists in `symbolic_fields` (the cache's position and capacity) may
+        change from call to call.
         """
         return None
 

@@ -11,7 +11,13 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
-from mistralrs.backends import torch_compile, torch_cpu_kernels, torch_cpu_linear, torch_quant
+from mistralrs.backends import (
+    torch_compile,
+    torch_cpu_kernels,
+    torch_cpu_linear,
+    torch_fixed_shapes,
+    torch_quant,
+)
 from mistralrs.backends.ops import Ops, Tensor
 
 _DTYPES = {
@@ -141,9 +147,10 @@ class TorchOps(Ops):
         cos, sin = self._rope_table(offset, x.shape[-2], inv_freq, scale, x.dtype)
         rot = cos.shape[-1]
         xr, rest = (x, None) if rot == x.shape[-1] else (x[..., :rot], x[..., rot:])
-        half = rot // 2
-        rotated = torch.cat((-xr[..., half:], xr[..., :half]), dim=-1)
-        out = xr * cos + rotated * sin
+        # rotate_half(x) = (-x2, x1): the halves swapped by a flip, the sign is in the sin table.
+        # Written without cat, the compiled layer fuses it into one loop with no extra buffers.
+        swapped = xr.unflatten(-1, (2, rot // 2)).flip(-2).flatten(-2)
+        out = xr * cos + swapped * sin
         return out if rest is None else torch.cat((out, rest), dim=-1)
 
     def _rope_table(self, offset, length, inv_freq, scale, dtype):
@@ -253,8 +260,11 @@ class TorchOps(Ops):
         return -torch.log(-torch.log(u))
 
     # ---- speed -------------------------------------------------------------
-    def compile(self, fn):
-        return torch_compile.CompiledStep(fn) if self.compile_steps else None
+    def compile(self, fn, fixed_shapes=False):
+        if not self.compile_steps:
+            return None
+        step = torch_compile.CompiledStep(fn)
+        return torch_fixed_shapes.FixedShapeStep(fn, step) if fixed_shapes else step
 
     def compile_unavailable(self):
         return torch_compile.unavailable_reason()
@@ -277,8 +287,11 @@ def _rope_table(offset, length, inv_freq, scale, dtype, per_row):
         freqs = (positions[..., None] * inv_freq)[:, None]
     else:
         freqs = torch.outer(steps + offset, inv_freq)
-    cos = torch.cat((freqs.cos(), freqs.cos()), dim=-1) * scale
-    sin = torch.cat((freqs.sin(), freqs.sin()), dim=-1) * scale
+    # Both halves of a head share the frequencies; the first half's sin is negated (rope).
+    twice = (1,) * (freqs.dim() - 1) + (2,)
+    sign = (torch.arange(2 * freqs.shape[-1], device=freqs.device) >= freqs.shape[-1]) * 2.0 - 1.0
+    cos = freqs.cos().repeat(twice) * scale
+    sin = freqs.sin().repeat(twice) * (sign * scale)
     return cos.to(dtype), sin.to(dtype)
 
 

@@ -14,6 +14,9 @@ from mistralrs.backends.ops import Ops, Tensor
 
 class KVCache:
     step = 256  # growth granularity in positions
+    # What changes from one decode step to the next: the position, and the capacity (dim 2)
+    # when the cache grows. Compiled code keeps these symbolic (Ops.compile, fixed_shapes).
+    symbolic_fields = {"offset": (), "keys": (2,), "values": (2,)}
 
     def __init__(self, ops: Ops, window: int | None = None, heads: int | None = None, head_dim: int | None = None):
         self.ops = ops

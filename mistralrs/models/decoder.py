@@ -58,11 +58,14 @@ class DecoderBody(Module):
         self.layers = [self.layer_class(ops, spec, spec.attention[i]) for i in range(spec.num_layers)]
         self.norm = RMSNorm(ops, spec.hidden_size, spec.rms_norm_eps, spec.norm_offset)
         self._compiled_layer = None
+        self._compiled_decode_layer = None
 
     def finalize(self) -> None:
         super().finalize()
-        # One compiled forward serves every layer: they differ only in their weights.
+        # One compiled forward serves every layer: they differ only in their weights. Decode
+        # steps repeat their shapes, which lets a backend skip per-call checks (Ops.compile).
         self._compiled_layer = self.ops.compile(self.layer_class.__call__)
+        self._compiled_decode_layer = self.ops.compile(self.layer_class.__call__, fixed_shapes=True)
 
     def embed(self, ids: Tensor) -> Tensor:
         return self.embed_tokens(ids)
@@ -73,7 +76,7 @@ class DecoderBody(Module):
         # Compiled layers run single sequences (a batch's per-step bookkeeping is Python
         # state that would retrace every step) and not while a calibration hook observes.
         if self._compiled_layer is not None and isinstance(caches[0], KVCache) and Linear.observer is None:
-            step = self._compiled_layer
+            step = self._compiled_decode_layer if x.shape[1] == 1 else self._compiled_layer
             for cache in caches:
                 # Grow outside the compiled code, so it never traces an allocation.
                 cache.reserve(x.shape[1])

@@ -7,7 +7,7 @@ in-situ quantization hands the blocks to a backend, which re-lays them for its k
   of 32/64/128/256 (Q4_0, Q4_1, Q4_K, AFQ2-4) runs as int4 with a bfloat16 scale and zero
   per group; every other format runs as int8 with one bfloat16 scale per output row. An
   embedding table is always int8 rows (torch_ops.prepare_quantized_embedding). Where our
-  streaming kernels run (backends/torch_cpu_kernels.py, AVX2 CPUs without native bfloat16),
+  streaming kernels run (backends/torch_cpu_kernels.py, x86-64 CPUs with AVX2),
   the 5- to 8-bit formats take 8 bits plus a float16 scale and bias per group, 9 bits for
   groups of 32, where this counts the 10 of two int4 matrices: a 10 % overestimate, kept so
   that the arithmetic needs no knowledge of the CPU.

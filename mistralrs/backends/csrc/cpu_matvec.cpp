@@ -37,6 +37,8 @@ namespace {
 constexpr int kRows = 4;              // output rows read as one stream
 constexpr int kPrefetchBytes = 512;   // how far ahead of the stream to prefetch
 constexpr int64_t kGrainBlocks = 8;   // blocks of rows per thread at least
+constexpr int kStreams = 4;           // sequential streams per thread in a dense one-row product
+constexpr int kQuantStreams = 3;      // ... and in a quantized one
 
 inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -61,28 +63,43 @@ void check_activations(const at::Tensor& x, int64_t K) {
 
 // ---- dense weights ---------------------------------------------------------
 
+// Blocks `first`, `first + stride`, ... (`Streams` of them) times one row of activations.
+// Several streams per thread keep more memory reads in flight than one: on a 2-core Xeon VM
+// four moved the benchmark model's one-row products from 19.9 to 15.2 ms per token in float32
+// and from 12.4 to 8.4 in bfloat16 (210 matrices read from memory).
+template <int Streams, typename X, typename W>
+inline void dense_streams(const float* xm, const W* w, X* out, int64_t first, int64_t stride, int64_t K) {
+  constexpr int64_t prefetch = kPrefetchBytes / sizeof(W);
+  const W* wb[Streams];
+  for (int s = 0; s < Streams; ++s) wb[s] = w + (first + s * stride) * kRows * K;
+  __m256 acc[Streams * kRows];
+  for (int i = 0; i < Streams * kRows; ++i) acc[i] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < K; k += 8) {
+    __m256 xv = _mm256_loadu_ps(xm + k);
+    for (int s = 0; s < Streams; ++s) {
+      const W* wk = wb[s] + k * kRows;
+      _mm_prefetch(reinterpret_cast<const char*>(wk + prefetch), _MM_HINT_T0);
+      for (int r = 0; r < kRows; ++r) acc[s * kRows + r] = _mm256_fmadd_ps(load8(wk + r * 8), xv, acc[s * kRows + r]);
+    }
+  }
+  for (int s = 0; s < Streams; ++s)
+    for (int r = 0; r < kRows; ++r) out[(first + s * stride) * kRows + r] = static_cast<X>(hsum(acc[s * kRows + r]));
+}
+
 template <typename X, typename W>
 void dense_blocks(const X* x, const W* w, X* out, int64_t M, int64_t N, int64_t K) {
-  constexpr int64_t prefetch = kPrefetchBytes / sizeof(W);
   std::vector<float> xf(M * K);
   for (int64_t i = 0; i < M * K; ++i) xf[i] = to_float(x[i]);
   at::parallel_for(0, N / kRows, kGrainBlocks, [&](int64_t begin, int64_t end) {
-    for (int64_t blk = begin; blk < end; ++blk) {
-      const W* wb = w + blk * kRows * K;
-      // Rows after the first find the block's weights in cache.
-      for (int64_t m = 0; m < M; ++m) {
-        const float* xm = xf.data() + m * K;
-        __m256 acc[kRows];
-        for (int r = 0; r < kRows; ++r) acc[r] = _mm256_setzero_ps();
-        for (int64_t k = 0; k < K; k += 8) {
-          const W* wk = wb + k * kRows;
-          _mm_prefetch(reinterpret_cast<const char*>(wk + prefetch), _MM_HINT_T0);
-          __m256 xv = _mm256_loadu_ps(xm + k);
-          for (int r = 0; r < kRows; ++r) acc[r] = _mm256_fmadd_ps(load8(wk + r * 8), xv, acc[r]);
-        }
-        for (int r = 0; r < kRows; ++r) out[m * N + blk * kRows + r] = static_cast<X>(hsum(acc[r]));
-      }
+    if (M == 1) {  // decode: the thread's blocks as kStreams streams, one per part of its range
+      const int64_t part = (end - begin) / kStreams;
+      for (int64_t i = 0; i < part; ++i) dense_streams<kStreams>(xf.data(), w, out, begin + i, part, K);
+      for (int64_t blk = begin + kStreams * part; blk < end; ++blk) dense_streams<1>(xf.data(), w, out, blk, 0, K);
+      return;
     }
+    // Rows after the first find the block's weights in cache.
+    for (int64_t blk = begin; blk < end; ++blk)
+      for (int64_t m = 0; m < M; ++m) dense_streams<1>(xf.data() + m * K, w, out + m * N, blk, 0, K);
   });
 }
 
@@ -203,48 +220,72 @@ inline __m128 load_scales4(const uint16_t* p) {
   return _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
 }
 
+// Blocks `first`, `first + stride`, ... (`Streams` of them) times row m of the activations. Three
+// streams per thread moved the benchmark model's one-row Q8_0 products from 8.9 to 5.1 ms per
+// token and 4-bit ones from 5.2 to 4.1 (2-core Xeon VM, 210 matrices read from memory).
+template <typename Storage, int Streams, typename X>
+inline void quantized_streams(const QuantizedActivations& xq, const uint8_t* q, const uint16_t* scale_bias, X* out,
+                              int64_t first, int64_t stride, int64_t m, int64_t N, int64_t K, int64_t group) {
+  const int64_t chunks = K / 32, groups = K / group, steps = chunks / Storage::kChunksPerStep;
+  constexpr int64_t block_step = kRows * Storage::kStepBytes;
+  alignas(16) float bias[kRows];
+  alignas(32) float scaled[Streams][2 * kRows];
+  const uint8_t* qb[Streams];
+  const uint16_t* sb[Streams];  // per group: 4 scales, 4 biases
+  for (int s = 0; s < Streams; ++s) {
+    qb[s] = q + (first + s * stride) * steps * block_step;
+    sb[s] = scale_bias + (first + s * stride) * groups * 2 * kRows;
+  }
+  const int16_t* xi = xq.values.data() + m * K;
+  const float* xs = xq.scales.data() + m * chunks;
+  const float* xsum = xq.group_sums.data() + m * groups;
+  __m256 acc[Streams * kRows];
+  for (int i = 0; i < Streams * kRows; ++i) acc[i] = _mm256_setzero_ps();
+  for (int64_t t = 0; t < steps; ++t) {
+    const int16_t* xt = xi + t * 32 * Storage::kChunksPerStep;
+    const int64_t c = t * Storage::kChunksPerStep;
+    for (int s = 0; s < Streams; ++s) {
+      const uint8_t* qt = qb[s] + t * block_step;
+      _mm_prefetch(reinterpret_cast<const char*>(qt + kPrefetchBytes), _MM_HINT_T0);
+      // Scale of each row's chunk(s) times the activations' scale: rows 0-3 of the first chunk, then of the second.
+      _mm_store_ps(scaled[s], _mm_mul_ps(load_scales4(sb[s] + (c * 32 / group) * 8), _mm_set1_ps(xs[c])));
+      if (Storage::kChunksPerStep == 2) {
+        const int64_t c2 = c + 1;
+        _mm_store_ps(scaled[s] + kRows, _mm_mul_ps(load_scales4(sb[s] + (c2 * 32 / group) * 8), _mm_set1_ps(xs[c2])));
+      }
+      for (int r = 0; r < kRows; ++r) {
+        __m256 d = _mm256_cvtepi32_ps(Storage::dot(qt + r * Storage::kStepBytes, xt));
+        __m256 sc = Storage::kChunksPerStep == 2
+                        ? _mm256_set_m128(_mm_set1_ps(scaled[s][kRows + r]), _mm_set1_ps(scaled[s][r]))
+                        : _mm256_set1_ps(scaled[s][r]);
+        acc[s * kRows + r] = _mm256_fmadd_ps(d, sc, acc[s * kRows + r]);
+      }
+    }
+  }
+  for (int s = 0; s < Streams; ++s) {
+    __m128 bias_acc = _mm_setzero_ps();
+    for (int64_t g = 0; g < groups; ++g) bias_acc = _mm_fmadd_ps(load_scales4(sb[s] + g * 8 + 4), _mm_set1_ps(xsum[g]), bias_acc);
+    _mm_store_ps(bias, bias_acc);
+    for (int r = 0; r < kRows; ++r)
+      out[m * N + (first + s * stride) * kRows + r] = static_cast<X>(hsum(acc[s * kRows + r]) + bias[r]);
+  }
+}
+
 template <typename Storage, typename X>
 void quantized_blocks(const QuantizedActivations& xq, const uint8_t* q, const uint16_t* scale_bias, X* out,
                       int64_t M, int64_t N, int64_t K, int64_t group) {
-  const int64_t chunks = K / 32, groups = K / group, steps = chunks / Storage::kChunksPerStep;
-  constexpr int64_t block_step = kRows * Storage::kStepBytes;
   at::parallel_for(0, N / kRows, kGrainBlocks, [&](int64_t begin, int64_t end) {
-    alignas(16) float bias[kRows];
-    alignas(32) float scaled[2 * kRows];
-    for (int64_t blk = begin; blk < end; ++blk) {
-      const uint8_t* qb = q + blk * steps * block_step;
-      const uint16_t* sb = scale_bias + blk * groups * 2 * kRows;  // per group: 4 scales, 4 biases
-      for (int64_t m = 0; m < M; ++m) {
-        const int16_t* xi = xq.values.data() + m * K;
-        const float* xs = xq.scales.data() + m * chunks;
-        const float* xsum = xq.group_sums.data() + m * groups;
-        __m128 bias_acc = _mm_setzero_ps();
-        for (int64_t g = 0; g < groups; ++g) bias_acc = _mm_fmadd_ps(load_scales4(sb + g * 8 + 4), _mm_set1_ps(xsum[g]), bias_acc);
-        __m256 acc[kRows];
-        for (int r = 0; r < kRows; ++r) acc[r] = _mm256_setzero_ps();
-        for (int64_t t = 0; t < steps; ++t) {
-          const uint8_t* qt = qb + t * block_step;
-          _mm_prefetch(reinterpret_cast<const char*>(qt + kPrefetchBytes), _MM_HINT_T0);
-          const int16_t* xt = xi + t * 32 * Storage::kChunksPerStep;
-          const int64_t c = t * Storage::kChunksPerStep;
-          // Scale of each row's chunk(s) times the activations' scale: rows 0-3 of the first chunk, then of the second.
-          _mm_store_ps(scaled, _mm_mul_ps(load_scales4(sb + (c * 32 / group) * 8), _mm_set1_ps(xs[c])));
-          if (Storage::kChunksPerStep == 2) {
-            const int64_t c2 = c + 1;
-            _mm_store_ps(scaled + kRows, _mm_mul_ps(load_scales4(sb + (c2 * 32 / group) * 8), _mm_set1_ps(xs[c2])));
-          }
-          for (int r = 0; r < kRows; ++r) {
-            __m256 d = _mm256_cvtepi32_ps(Storage::dot(qt + r * Storage::kStepBytes, xt));
-            __m256 s = Storage::kChunksPerStep == 2
-                           ? _mm256_set_m128(_mm_set1_ps(scaled[kRows + r]), _mm_set1_ps(scaled[r]))
-                           : _mm256_set1_ps(scaled[r]);
-            acc[r] = _mm256_fmadd_ps(d, s, acc[r]);
-          }
-        }
-        _mm_store_ps(bias, bias_acc);
-        for (int r = 0; r < kRows; ++r) out[m * N + blk * kRows + r] = static_cast<X>(hsum(acc[r]) + bias[r]);
-      }
+    if (M == 1) {  // decode: several streams per thread, as in dense_blocks
+      const int64_t part = (end - begin) / kQuantStreams;
+      for (int64_t i = 0; i < part; ++i)
+        quantized_streams<Storage, kQuantStreams>(xq, q, scale_bias, out, begin + i, part, 0, N, K, group);
+      for (int64_t blk = begin + kQuantStreams * part; blk < end; ++blk)
+        quantized_streams<Storage, 1>(xq, q, scale_bias, out, blk, 0, 0, N, K, group);
+      return;
     }
+    // Rows after the first find the block's weights in cache.
+    for (int64_t blk = begin; blk < end; ++blk)
+      for (int64_t m = 0; m < M; ++m) quantized_streams<Storage, 1>(xq, q, scale_bias, out, blk, 0, m, N, K, group);
   });
 }
 
