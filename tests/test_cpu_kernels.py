@@ -61,6 +61,18 @@ def test_dense_weights(rows, weight_dtype, input_dtype):
     assert _relative_error(y, expected) < _bound(input_dtype, 2 * rows, 1e-5, prompt_in_bf16=weight_dtype == "bfloat16")
 
 
+@pytest.mark.parametrize("out_features", [4, 20, 44, 72, 200])
+@pytest.mark.parametrize("weight_dtype", ["float32", "bfloat16"])
+def test_one_row_products_split_every_way_into_streams(out_features, weight_dtype):
+    """Decode reads a thread's blocks of 4 rows as several streams, the leftovers one by one:
+    1 to 50 blocks cover both, on one thread and on two."""
+    g = torch.Generator().manual_seed(3)
+    w = (torch.randn(out_features, 256, generator=g) / 8).to(getattr(torch, weight_dtype))
+    x = torch.randn(1, 256, generator=g)
+    y = StreamingCpuWeight(w)(x, None)
+    assert _relative_error(y, x.double().numpy() @ w.double().numpy().T) < 1e-5
+
+
 def _groups(bits: int, group_size: int, rows: int = 20, cols: int = 384, seed: int = 0) -> AffineGroups:
     rng = np.random.default_rng(seed)
     q = rng.integers(0, 2**bits, (rows, cols)).astype(np.uint8)
@@ -91,6 +103,15 @@ def test_quantized_weights(rows, bits, group_size, input_dtype):
     assert y.dtype == x.dtype and y.shape == (rows, 20)
     # The kernels round the activations to int16 per 32 values (~3e-5 of their largest).
     assert _relative_error(y, x.double().numpy() @ w.astype(np.float64).T) < _bound(input_dtype, rows, 2e-4)
+
+
+@pytest.mark.parametrize("out_features", [4, 20, 44, 72, 200])
+@pytest.mark.parametrize("bits", [4, 8])
+def test_one_row_quantized_products_split_every_way_into_streams(out_features, bits):
+    groups = _groups(bits, 32, rows=out_features, cols=256, seed=out_features)
+    x = torch.randn(1, 256, generator=torch.Generator().manual_seed(2))
+    y = StreamingQuantWeight.from_groups(groups)(x, None)
+    assert _relative_error(y, x.double().numpy() @ _f16_dequantized(groups).astype(np.float64).T) < 2e-4
 
 
 def test_ggml_formats_stream_through_the_kernels():
