@@ -142,7 +142,8 @@ class Ops(ABC):
         """
 
     def kv_cache_dtype(self, compute_dtype: str) -> str:
-        """The dtype the KV cache stores (attention then runs in it; q is cast to match)."""
+        """The dtype the KV cache stores. Attention over the cache runs in it (q is cast to match);
+        a fresh prompt attends to its own keys, in the compute dtype (KVCache.update_and_fetch)."""
         return compute_dtype
 
     @abstractmethod

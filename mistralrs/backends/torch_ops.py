@@ -175,7 +175,9 @@ class TorchOps(Ops):
 
     def kv_cache_dtype(self, compute_dtype):
         # On CPU, attention over a bf16/f16 cache is several times slower than in
-        # float32 (measured with SDPA at decode), so the cache is kept in float32.
+        # float32 (measured with SDPA at decode), so the cache is kept in float32. Prompts are
+        # the other way round (bf16 SDPA 1.0 ms against 3.2 in float32 for 512 tokens on the
+        # Xeon VM), and a fresh prompt attends to its keys as computed (KVCache).
         return "float32" if self.torch_device.type == "cpu" else compute_dtype
 
     def attention(self, q, k, v, scale, mask):

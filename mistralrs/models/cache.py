@@ -63,6 +63,12 @@ class KVCache:
         self.keys[:, :, start:end, :] = k
         self.values[:, :, start:end, :] = v
         self.offset = end
+        if start == 0 and length > 1:
+            # A fresh prompt attends to its own keys only: use them as computed, in the compute
+            # dtype, not read back from the cache (float32 on CPU for decode's sake, where a
+            # bf16 prompt's attention runs 3x slower than in bf16). Decode (length 1) never
+            # takes this branch, so its compiled step holds no condition on the position.
+            return k, v, self._mask(length, length)
         first = 0
         if self.window is not None and length == 1 and end > self.window:
             # Decode on a sliding-window layer: the window is just the last keys.
