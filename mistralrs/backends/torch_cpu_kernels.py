@@ -19,9 +19,9 @@ class, 25 GB/s to two threads) they beat oneDNN's packed kernels too: a compiled
 decode step of the benchmark model took 21.6 against 26.0 ms in bfloat16 and 16.6
 against 19.8 ms in Q8_0, and Q8_0 prefill rose from 1,030 to 2,240 tok/s.
 
-So they run on every x86-64 CPU with AVX2. They are built once per machine with the C++ compiler torch.compile already
-needs (~15 s), cached on disk, and loaded as torch operators, so compiled layers
-call them directly. Without a compiler, on other CPUs, or with
+So they run on every x86-64 CPU with AVX2. They are built once per machine with
+the C++ compiler torch.compile already needs (~15 s), cached on disk, and loaded
+as torch operators, so compiled layers call them directly. Without a compiler, on other CPUs, or with
 MISTRALRS_CPU_KERNELS=0, torch's own kernels run instead.
 
 The same library holds decode attention (csrc/cpu_decode_attention.cpp): one query

@@ -65,8 +65,8 @@ class KVCache:
         self.offset = end
         if start == 0 and length > 1:
             # A fresh prompt attends to its own keys only: use them as computed, in the compute
-            # dtype, not read back from the cache (float32 on CPU for decode's sake, where a
-            # bf16 prompt's attention runs 3x slower than in bf16). Decode (length 1) never
+            # dtype, not read back from the cache, which is float32 on CPU for decode's sake
+            # (a bf16 prompt's attention runs 3x faster in bf16 there). Decode (length 1) never
             # takes this branch, so its compiled step holds no condition on the position.
             return k, v, self._mask(length, length)
         first = 0
