@@ -63,7 +63,7 @@ class KVCache:
         self.keys[:, :, start:end, :] = k
         self.values[:, :, start:end, :] = v
         self.offset = end
-        if start == 0 and length > 1:
+        if length > 1 and start == 0:
             # A fresh prompt attends to its own keys only: use them as computed, in the compute
             # dtype, not read back from the cache, which is float32 on CPU for decode's sake
             # (a bf16 prompt's attention runs 3x faster in bf16 there). Decode (length 1) never
