@@ -48,7 +48,7 @@ from mistralrs.backends.ops import Ops
 # before that signature is left to torch.compile.
 MAX_TRACES_PER_SIGNATURE = 4
 _PRIMITIVES = (int, float, bool, str, type(None))
-_TORCH_CONSTANTS = (torch.dtype, torch.device)
+_CONSTANTS = (*_PRIMITIVES, torch.dtype, torch.device)  # kept in a trace as they are
 
 
 class Untraceable(Exception):
@@ -72,7 +72,7 @@ def flatten(obj, leaves: list, objects: list, symbolic=None):
     if type(obj) is int and symbolic is not None:
         leaves.append((obj, ()))
         return ("int",), ("leaf", len(leaves) - 1)
-    if isinstance(obj, _PRIMITIVES + _TORCH_CONSTANTS):
+    if isinstance(obj, _CONSTANTS):
         return (type(obj), obj), ("const", obj)
     if isinstance(obj, (list, tuple)):
         parts = [flatten(item, leaves, objects) for item in obj]
@@ -110,12 +110,13 @@ def rebuild(template, leaves: list, made: list):
 
 
 class _Flat:
-    __slots__ = ("signature", "template", "leaves", "objects")
+    __slots__ = ("signature", "template", "leaves", "values", "objects")
 
     def __init__(self, obj, symbolic_ok: bool):
         self.leaves: list = []
         self.objects: list = []
         self.signature, self.template = flatten(obj, self.leaves, self.objects)
+        self.values = [value for value, _ in self.leaves]  # the graph's arguments, in order
         if not symbolic_ok and any(dims is not None for _, dims in self.leaves):
             raise Untraceable("the module holds growing fields")
 
@@ -267,7 +268,7 @@ class FixedShapeStep:
         graphs = self._graphs.get(key, [])
         if graphs is None:
             return self.fallback(module, *inputs)
-        args = [value for flat in flat_inputs for value, _ in flat.leaves]
+        args = [value for flat in flat_inputs for value in flat.values]
         for graph in graphs:
             if graph.guard(*(args[p] for p in graph.symbolic_positions)):
                 return self._run(graph, flat_module, args, flat_inputs)
@@ -291,7 +292,7 @@ class FixedShapeStep:
 
     @staticmethod
     def _run(graph: _Graph, module: _Flat, args: list, inputs: list[_Flat]):
-        outputs = graph.compiled(*(value for value, _ in module.leaves), *args)
+        outputs = graph.compiled(*module.values, *args)
         if graph.assigned:
             objects = [obj for flat in inputs for obj in flat.objects]
             for index, name, where in graph.assigned:
