@@ -333,14 +333,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "targets",
         nargs="*",
-        default=["all"],
-        choices=[*TARGETS, "all"],
         metavar="TARGET",
         help=f"one or more of {', '.join(TARGETS)}, or all (the default)",
     )
     parser.add_argument("--dtype", default="bfloat16", choices=HF_DTYPES, help="weights of the HF folder")
     args = parser.parse_args(argv)
-    names = list(TARGETS) if "all" in args.targets else args.targets
+    # Checked here, not with `choices`: argparse checks an empty list against them as one value.
+    unknown = [t for t in args.targets if t not in (*TARGETS, "all")]
+    if unknown:
+        parser.error(f"unknown target {unknown[0]!r}: choose from {', '.join(TARGETS)} or all")
+    names = list(TARGETS) if not args.targets or "all" in args.targets else args.targets
     try:
         for name in names:
             print(f"{name}: {TARGETS[name](args.dtype)}", flush=True)

@@ -105,6 +105,20 @@ def test_quantized_weights(rows, bits, group_size, input_dtype):
     assert _relative_error(y, x.double().numpy() @ w.astype(np.float64).T) < _bound(input_dtype, rows, 2e-4)
 
 
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("bits", [4, 8])
+def test_unpacked_weights_are_rounded_once_to_bfloat16(bits, symmetric):
+    """Prompt chunks unpack the weight to bfloat16: the nearest bfloat16 to each exact value. Symmetric
+    formats (bias -scale * 2^(bits-1), as Q8_0 and Q4_0 become) cancel most of scale * q, where
+    rounding the parts separately moved weights by more than a quantization step."""
+    groups = _groups(bits, 32)
+    if symmetric:
+        groups = AffineGroups(bits, 32, groups.q, groups.scales, -groups.scales * 2 ** (bits - 1))
+    weight = StreamingQuantWeight.from_groups(groups)
+    expected = torch.from_numpy(_f16_dequantized(groups)).to(torch.bfloat16)
+    assert torch.equal(weight.dense(torch.bfloat16), expected)
+
+
 @pytest.mark.parametrize("out_features", [4, 20, 44, 72, 200])
 @pytest.mark.parametrize("bits", [4, 8])
 def test_one_row_quantized_products_split_every_way_into_streams(out_features, bits):

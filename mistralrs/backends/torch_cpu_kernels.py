@@ -229,6 +229,9 @@ def unpack_quantized(values: torch.Tensor, scale_bias: torch.Tensor, group_size:
     else:
         q = values.reshape(n // ROWS, k // 32, ROWS, 32).permute(0, 2, 1, 3)
     groups = k // group_size
-    pairs = scale_bias.reshape(n // ROWS, groups, 2, ROWS).permute(2, 0, 3, 1).reshape(2, n, groups, 1).to(dtype)
-    w = q.reshape(n, groups, group_size).to(dtype) * pairs[0] + pairs[1]
-    return w.reshape(n, k)
+    # In float32, rounded once: in bfloat16, scale * q and the bias (near -scale * 2^(bits-1) for
+    # symmetric formats) nearly cancel, and their separate roundings moved some 8-bit weights by
+    # more than one quantization step. Compiled prompt layers fuse this into one loop.
+    pairs = scale_bias.reshape(n // ROWS, groups, 2, ROWS).permute(2, 0, 3, 1).reshape(2, n, groups, 1).float()
+    w = q.reshape(n, groups, group_size).float() * pairs[0] + pairs[1]
+    return w.reshape(n, k).to(dtype)

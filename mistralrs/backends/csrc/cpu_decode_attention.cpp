@@ -29,6 +29,13 @@ namespace {
 constexpr int kMaxGroup = 8;              // query heads per key head handled in registers at once
 constexpr int64_t kMinChunk = 32;         // positions per chunk at least
 constexpr int64_t kSerialWork = 1 << 15;  // below this many key values, one thread does it all
+// How far ahead of the score loop the key and value rows are prefetched (4 KB of 64-wide rows).
+// In a decode step the weights streamed since the layer's last token have pushed its cache out
+// of the CPU's caches, and read as one stream per thread it arrived at ~8 GB/s: 69 us per layer
+// of the h512 benchmark model at 520 positions, against 27 us for the same call repeated. Between
+// that model's Q8_0 products, 30 layers took 1.70-1.85 ms with the prefetch and 2.05-2.12 without
+// (2-core Xeon VM, back to back, a busy hour).
+constexpr int64_t kPrefetchRows = 16;
 
 inline float hsum8(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -55,6 +62,10 @@ inline __m256 exp_nonpositive(__m256 x) {
   return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
 }
 
+inline void prefetch_row(const float* row, int64_t floats) {
+  for (int64_t i = 0; i < floats; i += 16) _mm_prefetch(reinterpret_cast<const char*>(row + i), _MM_HINT_T0);
+}
+
 struct Cache {
   const float* base;
   int64_t batch_stride, head_stride, row_stride;
@@ -71,9 +82,15 @@ void attend_chunk(const float* const* q, const Cache& keys, const Cache& values,
                   int64_t t1, int64_t D, int64_t Dv, float scale, float* scores, float* maxes, float* sums,
                   float* out) {
   const int64_t n = t1 - t0;
-  // Scores: each key row is loaded once and multiplied with every head of the group.
+  // Scores: each key row is loaded once and multiplied with every head of the group. The rows
+  // kPrefetchRows ahead, keys and values both, are prefetched: one sequential read per thread
+  // left memory idle (see kPrefetchRows).
   for (int64_t t = 0; t < n; ++t) {
     const float* k = keys.row(b, h, t0 + t);
+    if (t + kPrefetchRows < n) {
+      prefetch_row(keys.row(b, h, t0 + t + kPrefetchRows), D);
+      prefetch_row(values.row(b, h, t0 + t + kPrefetchRows), Dv);
+    }
     __m256 acc[G];
     for (int g = 0; g < G; ++g) acc[g] = _mm256_setzero_ps();
     for (int64_t d = 0; d < D; d += 8) {
