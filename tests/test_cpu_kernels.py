@@ -119,6 +119,49 @@ def test_unpacked_weights_are_rounded_once_to_bfloat16(bits, symmetric):
     assert torch.equal(weight.dense(torch.bfloat16), expected)
 
 
+def _needs_amx():
+    if not torch_cpu_kernels.amx_ready():
+        pytest.skip("this CPU has no AMX-BF16")
+
+
+# Prompt rows: one tile, tiles and a remainder, several blocks of 32; groups of 32 and whole rows.
+@pytest.mark.parametrize("rows", [16, 37, 96])
+@pytest.mark.parametrize(("out_features", "in_features", "group_size"), [(32, 64, 32), (96, 320, 32), (64, 256, 256)])
+def test_amx_prompt_products_sum_bfloat16_products_in_float32(rows, out_features, in_features, group_size):
+    _needs_amx()
+    groups = _groups(8, group_size, rows=out_features, cols=in_features, seed=rows)
+    weight = StreamingQuantWeight.from_groups(groups)
+    assert weight.amx
+    x = torch.randn(rows, in_features, generator=torch.Generator().manual_seed(3))
+    y = weight(x, None)
+    assert y.dtype == torch.float32 and y.shape == (rows, out_features)
+    # Activations and weights each as two bfloat16 parts (16 significant bits), sums in float32.
+    w = _f16_dequantized(groups).astype(np.float64)
+    assert _relative_error(y, x.double().numpy() @ w.T) < 2e-5
+
+
+def test_amx_takes_only_whole_tiles_and_float32_rows():
+    _needs_amx()
+    assert not StreamingQuantWeight.from_groups(_groups(8, 32, rows=20, cols=64)).amx  # 20 output rows
+    assert not StreamingQuantWeight.from_groups(_groups(4, 32, rows=32, cols=64)).amx  # 4-bit: bf16 products
+    weight = StreamingQuantWeight.from_groups(_groups(8, 32, rows=32, cols=64))
+    x = torch.randn(16, 64)
+    for bad, message in ((x.bfloat16(), "float32"), (x[:, :32].contiguous(), "float32"), (x.t(), "contiguous")):
+        with pytest.raises(RuntimeError, match=message):
+            torch_cpu_kernels.prompt_product_q8(bad, weight.values, weight.scale_bias, 32, 64)
+    with pytest.raises(RuntimeError, match="multiples of 32"):
+        torch_cpu_kernels.prompt_product_q8(torch.randn(16, 48), weight.values[:, :48].contiguous(),
+                                            weight.scale_bias, 16, 48)
+
+
+def test_compiled_code_calls_the_amx_prompt_product():
+    _needs_amx()
+    weight = StreamingQuantWeight.from_groups(_groups(8, 32, rows=64, cols=128))
+    x = torch.randn(40, 128)
+    compiled = torch.compile(lambda rows: weight(rows, None), fullgraph=True)
+    torch.testing.assert_close(compiled(x), weight(x, None), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("out_features", [4, 20, 44, 72, 200])
 @pytest.mark.parametrize("bits", [4, 8])
 def test_one_row_quantized_products_split_every_way_into_streams(out_features, bits):

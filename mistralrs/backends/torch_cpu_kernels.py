@@ -27,7 +27,8 @@ MISTRALRS_CPU_KERNELS=0, torch's own kernels run instead.
 The same library holds decode attention (csrc/cpu_decode_attention.cpp): one query
 row per head against the float32 KV cache, about half of SDPA's time at a few
 hundred cached positions (24-30 us against 47-57 us at 301 positions, 9 query and
-3 KV heads, 2 threads).
+3 KV heads, 2 threads); and, on CPUs with AMX, prompt-chunk products of 8-bit
+weights with float32-grade results (csrc/cpu_amx_prompt.cpp).
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ import torch
 from mistralrs.errors import UserError
 
 ENV = "MISTRALRS_CPU_KERNELS"
-SOURCES = [Path(__file__).parent / "csrc" / name for name in ("cpu_matvec.cpp", "cpu_decode_attention.cpp")]
+SOURCES = [Path(__file__).parent / "csrc" / name
+           for name in ("cpu_matvec.cpp", "cpu_decode_attention.cpp", "cpu_amx_prompt.cpp")]
 ROWS = 4  # output rows repacked into one stream (kRows in the source)
 FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC", "-std=c++17", "-w"]
 
@@ -136,8 +138,11 @@ def _register_shapes() -> None:
     def attention(q, k, v, scale):
         return q.new_empty((*q.shape[:3], v.shape[-1]))
 
+    def prompt_product(x, q, scale_bias, group, in_features):
+        return x.new_empty((x.shape[0], q.shape[0]))
+
     for name, fn in (("matvec_dense", dense), ("matvec_q4", quantized), ("matvec_q8", quantized),
-                     ("decode_attention", attention)):
+                     ("decode_attention", attention), ("prompt_product_q8", prompt_product)):
         torch.library.register_fake(f"mistralrs_cpu::{name}", fn)
 
 
@@ -206,6 +211,22 @@ def matvec_quantized(x: torch.Tensor, values: torch.Tensor, scale_bias: torch.Te
                      in_features: int, bits: int) -> torch.Tensor:
     op = torch.ops.mistralrs_cpu.matvec_q4 if bits <= 4 else torch.ops.mistralrs_cpu.matvec_q8
     return op(x, values, scale_bias, group_size, in_features)
+
+
+def amx_ready() -> bool:
+    """Whether `prompt_product_q8` runs here: the kernels are built and the CPU has AMX-BF16."""
+    return available() and bool(torch.ops.mistralrs_cpu.amx_ready())
+
+
+def prompt_product_fits(out_features: int, in_features: int, group_size: int) -> bool:
+    return out_features % 32 == 0 and in_features % 32 == 0 and in_features % group_size == 0 and group_size % 32 == 0
+
+
+def prompt_product_q8(x: torch.Tensor, values: torch.Tensor, scale_bias: torch.Tensor, group_size: int,
+                      in_features: int) -> torch.Tensor:
+    """float32 rows times an 8-bit weight in the kernels' layout, on AMX with float32 results
+    (csrc/cpu_amx_prompt.cpp): for prompt chunks, where bfloat16 results lose the weights' precision."""
+    return torch.ops.mistralrs_cpu.prompt_product_q8(x, values, scale_bias, group_size, in_features)
 
 
 def decode_attention_fits(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:

@@ -21,7 +21,10 @@ weight is dequantized to bfloat16 for the one call.
 On CPUs where our own streaming kernels run (torch_cpu_kernels: x86-64 CPUs with
 AVX2), the affine formats go to them instead (`StreamingQuantWeight`):
 exact values, float16 scales and biases, and for decode about twice the speed of
-torch's int4 kernel there; per-row int8 tables stream through them too.
+torch's int4 kernel there; per-row int8 tables stream through them too. Their
+prompt chunks multiply the dequantized weight in bfloat16 on CPUs that have it,
+except 8-bit weights, whose precision needs float32 results: on CPUs with AMX our
+own prompt product keeps AMX's float32 sums, elsewhere the product runs in float32.
 
 On CUDA the weight is dequantized once at load to the compute dtype: correct, not
 a memory saving (no CUDA kernel path has been verified here yet).
@@ -189,6 +192,9 @@ class StreamingQuantWeight:
         self.values, self.scale_bias = values, scale_bias
         self.group_size, self.bits = group_size, bits
         self.out_features, self.in_features = shape
+        # 8-bit prompt chunks on AMX, with float32 results (see `matmul`).
+        self.amx = (bits == 8 and torch_cpu_kernels.prompt_product_fits(*shape, group_size)
+                    and torch_cpu_kernels.amx_ready())
 
     @staticmethod
     def fits(groups: AffineGroups) -> bool:
@@ -203,8 +209,12 @@ class StreamingQuantWeight:
 
     def matmul(self, rows):
         if rows.shape[0] >= STREAM_UNTIL_ROWS:
-            # 8-bit weights keep their exact values in float32: rounded to bfloat16 (with the
-            # activations), Q8_0 cost SmolLM2 +1.1 % perplexity against bf16 instead of +0.2 %.
+            # 8-bit weights lose their precision to products with bfloat16 results: Q8_0 cost
+            # SmolLM2 +1.0 % perplexity against bf16 (fp32 compute) where float32 results give +0.2 %.
+            # AMX sums bfloat16 products in float32 (~3x float32's speed); elsewhere, float32.
+            if self.amx:
+                return torch_cpu_kernels.prompt_product_q8(rows.float().contiguous(), self.values, self.scale_bias,
+                                                           self.group_size, self.in_features)
             return _dense_product(rows, self.dense(torch.float32 if self.bits == 8 else PROMPT_DTYPE))
         return torch_cpu_kernels.matvec_quantized(rows.contiguous(), self.values, self.scale_bias, self.group_size,
                                                   self.in_features, self.bits)
