@@ -99,6 +99,28 @@ def test_chunked_prefill_equals_one_pass(arch, backend, references):
     assert relative_error(last, prefill[-1]) <= TOLERANCE
 
 
+@pytest.mark.parametrize("chunk", [7, 1000])
+def test_lazy_prefill_runs_the_last_position_alone_with_the_same_logits(chunk, backend, references):
+    """Lazy backends (MLX) evaluate only the caches for all but the prompt's last position, which
+    then runs alone; forced on here for eager torch too, the logits stay transformers'."""
+    from mistralrs import load
+    from mistralrs.engine.generate import prefill as run_prefill
+
+    folder, ids, prefill, _, _ = references("gemma3")  # sliding-window layers too
+    llm = load(folder, backend=backend, dtype="f32")
+    llm.ops.lazy = True
+    calls = []
+    body = llm.model.model
+    original = type(body).__call__
+    type(body).__call__ = lambda self, x, caches: calls.append(x.shape[1]) or original(self, x, caches)
+    try:
+        last = llm.ops.to_numpy(run_prefill(llm.model, llm.ops, ids[:PROMPT], llm.model.make_caches(), chunk=chunk))
+    finally:
+        type(body).__call__ = original
+    assert calls[-1] == 1 and sum(calls) == PROMPT  # the last position ran alone
+    assert relative_error(last, prefill[-1]) <= TOLERANCE
+
+
 @pytest.mark.parametrize("arch", ["qwen3", "gemma3", "phi3", "mistral"])
 def test_compiled_layers_match_transformers(arch, backend, references):
     """torch.compile'd decoder layers (on by default for torch on the CPU) keep the same numbers:

@@ -43,6 +43,7 @@ class MlxRng:
 
 class MlxOps(Ops):
     name = "mlx"
+    lazy = True
 
     def __init__(self, cpu: bool = False):
         if cpu or mx.default_device() != mx.gpu:

@@ -37,6 +37,8 @@ class Ops(ABC):
     compute_dtype: str = "float32"
     # Whether `compile` really compiles (set by the loader; see engine.api.load's `compile`).
     compile_steps: bool = False
+    # Whether computation waits for `eval` (MLX): then only what is evaluated is computed.
+    lazy: bool = False
 
     # ---- data --------------------------------------------------------------
     @abstractmethod

@@ -30,11 +30,24 @@ def prefill(model, ops: Ops, prompt_ids: list[int], caches, chunk: int) -> Tenso
     ids = np.asarray(prompt_ids, dtype=np.int64)[None, :]
     total = ids.shape[1]
     for start in range(0, total - chunk, chunk) if total > chunk else ():
-        hidden = model.model(ops.asarray(ids[:, start : start + chunk]), caches)
-        ops.eval(hidden)
-    last_start = ((total - 1) // chunk) * chunk if total > chunk else 0
-    logits = model(ops.asarray(ids[:, last_start:]), caches, last_only=True)
+        model.model(ops.asarray(ids[:, start : start + chunk]), caches)
+        _eval_caches(ops, caches)
+    last = ids[:, ((total - 1) // chunk) * chunk if total > chunk else 0 :]
+    if ops.lazy and last.shape[1] > 1:
+        # The caches need every layer's keys and values, but not the last layer's attention output
+        # and feed-forward over these rows, which only the logits need: evaluating just the caches
+        # lets a lazy backend skip that work (on the 30-layer benchmark model, MLX's CPU prefill of
+        # 512 tokens went from 20.8 to 20.0 s), and the last position then runs alone, as mlx-lm
+        # prefills.
+        model.model(ops.asarray(last[:, :-1]), caches)
+        _eval_caches(ops, caches)
+        last = last[:, -1:]
+    logits = model(ops.asarray(last), caches, last_only=True)
     return ops.astype(logits[0, -1], "float32")
+
+
+def _eval_caches(ops: Ops, caches) -> None:
+    ops.eval(*(t for cache in caches for t in (cache.keys, cache.values) if t is not None))
 
 
 def generate_tokens(
