@@ -100,7 +100,7 @@ def test_chunked_prefill_equals_one_pass(arch, backend, references):
 
 
 @pytest.mark.parametrize("chunk", [7, 1000])
-def test_lazy_prefill_runs_the_last_position_alone_with_the_same_logits(chunk, backend, references):
+def test_lazy_prefill_runs_the_last_position_alone_with_the_same_logits(chunk, backend, references, monkeypatch):
     """Lazy backends (MLX) evaluate only the caches for all but the prompt's last position, which
     then runs alone; forced on here for eager torch too, the logits stay transformers'."""
     from mistralrs import load
@@ -112,11 +112,8 @@ def test_lazy_prefill_runs_the_last_position_alone_with_the_same_logits(chunk, b
     calls = []
     body = llm.model.model
     original = type(body).__call__
-    type(body).__call__ = lambda self, x, caches: calls.append(x.shape[1]) or original(self, x, caches)
-    try:
-        last = llm.ops.to_numpy(run_prefill(llm.model, llm.ops, ids[:PROMPT], llm.model.make_caches(), chunk=chunk))
-    finally:
-        type(body).__call__ = original
+    monkeypatch.setattr(type(body), "__call__", lambda self, x, caches: calls.append(x.shape[1]) or original(self, x, caches))
+    last = llm.ops.to_numpy(run_prefill(llm.model, llm.ops, ids[:PROMPT], llm.model.make_caches(), chunk=chunk))
     assert calls[-1] == 1 and sum(calls) == PROMPT  # the last position ran alone
     assert relative_error(last, prefill[-1]) <= TOLERANCE
 

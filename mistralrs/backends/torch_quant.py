@@ -211,7 +211,7 @@ class StreamingQuantWeight:
         if rows.shape[0] >= STREAM_UNTIL_ROWS:
             # 8-bit weights lose their precision to products with bfloat16 results: Q8_0 cost
             # SmolLM2 +1.0 % perplexity against bf16 (fp32 compute) where float32 results give +0.2 %.
-            # AMX sums bfloat16 products in float32 (~3x float32's speed); elsewhere, float32.
+            # AMX sums bfloat16 parts in float32 (about twice float32's speed); elsewhere, float32.
             if self.amx:
                 return torch_cpu_kernels.prompt_product_q8(rows.float().contiguous(), self.values, self.scale_bias,
                                                            self.group_size, self.in_features)

@@ -174,7 +174,7 @@ at::Tensor prompt_product_q8(const at::Tensor& x, const at::Tensor& q, const at:
   const int64_t K = in_features, N = q.size(0);
   TORCH_CHECK(x.scalar_type() == at::kFloat && x.dim() == 2 && x.size(1) == K && x.is_contiguous(),
               "activations must be contiguous float32 (M, ", K, ")");
-  TORCH_CHECK(N % kBlock == 0 && K % 32 == 0 && K % group == 0 && (group == 32 || group % 32 == 0),
+  TORCH_CHECK(N % kBlock == 0 && K % 32 == 0 && K % group == 0 && group % 32 == 0,
               "prompt_product_q8 takes multiples of 32 output rows and of 32 columns");
   TORCH_CHECK(q.scalar_type() == at::kByte && q.is_contiguous() && q.dim() == 2 && q.size(1) == K,
               "values must be contiguous uint8 in the 8-bit kernel layout");
