@@ -13,7 +13,9 @@ import pytest
 
 from mistralrs.backends import get_ops
 from mistralrs.engine.api import load
+from mistralrs.engine.isq_loading import IsqPlan
 from mistralrs.errors import UserError
+from mistralrs.models.base import Linear, Module
 from mistralrs.quant import afq, ggml_blocks
 from mistralrs.quant.ggml_affine import affine_groups
 from mistralrs.quant.isq import IsqType, parse_isq, plan_tensor
@@ -45,9 +47,25 @@ def test_types_we_do_not_run_say_so():
 
 def test_k_quants_fall_back_on_rows_that_are_not_whole_super_blocks():
     plan = plan_tensor(IsqType("q4k"), 576, is_head=False)
-    assert plan.target.name == "q5_0" and "q5_0" in plan.note
+    assert plan.target.name == "q5_0" and [t.name for t in plan.alternatives] == ["q4_1"]
+    assert "q5_0 or q4_1" in plan.note
     assert plan_tensor(IsqType("q4k"), 1536, is_head=False).target.name == "q4k"
     assert plan_tensor(IsqType("q6k"), 576, is_head=False).target.name == "q8_0"
+
+
+def test_the_fallback_keeps_whichever_type_reproduces_the_tensor_better():
+    """q4k's fallback is q5_0 (llama.cpp) or q4_1 (mistral.rs): q5_0 on ordinary weights, q4_1 on
+    weights already on a 4-bit affine grid (a checkpoint converted from a Q4_1 GGUF), which it keeps exactly."""
+    rng = np.random.default_rng(3)
+    normal = rng.standard_normal((8, 576)).astype(np.float32)
+    on_grid = ggml_blocks.dequantize(ggml_blocks.quantize(normal, "Q4_1"), "Q4_1", 576)
+    layer = Module(None)
+    layer.proj = Linear(None, 576, 8)
+    plan = IsqPlan(layer, IsqType("q4k"), ops=None)
+    assert plan.quantize("proj.weight", normal).kind == "Q5_0"
+    chosen = plan.quantize("proj.weight", on_grid)
+    assert chosen.kind == "Q4_1" and np.array_equal(chosen.dequantize(), on_grid)
+    assert any("q5_0 or q4_1" in note for note in plan.notes)
 
 
 def test_output_head_is_promoted():

@@ -103,11 +103,10 @@ def reference_perplexity(smollm2_folder):
 # (type on torch, type on MLX, allowed perplexity increase, must still answer Paris).
 # This "bf16" SmolLM2 is the dequantized Q4_1 GGUF, so its weights sit exactly on Q4_1's
 # grid; the 4-bit types that do not share that grid lose more here than on a model trained
-# in bf16. q4k's 576-wide rows fall back to Q5_0 (llama.cpp's rule): +19-21 % measured, above
-# the 10 % goal, and the greedy chat answer changes; mistral.rs 0.9.5 falls back to Q4_1,
-# which is lossless on this fixture by construction. The bound guards against regressions.
-ISQ_CASES = [("q8_0", "q8_0", 0.01, True), ("q8_0", "afq8", 0.01, True), ("q6k", "q6k", 0.03, False),
-             ("q4k", "q4k", 0.25, False)]
+# in bf16 (afq4: +7.9 %). q4k's 576-wide rows fall back to q5_0 or q4_1, whichever reproduces
+# each tensor better: q4_1 here, +0.3 % (q5_0 alone, llama.cpp's rule, measured +20 %).
+ISQ_CASES = [("q8_0", "q8_0", 0.01, True), ("q8_0", "afq8", 0.01, True), ("q6k", "q6k", 0.03, True),
+             ("q4k", "q4k", 0.10, True), ("q4k", "afq4", 0.10, True)]
 
 
 @pytest.mark.parametrize("case", ISQ_CASES, ids=lambda c: f"{c[0]}-{c[1]}")
@@ -117,8 +116,8 @@ def test_isq_perplexity_and_answer(backend, smollm2_folder, reference_perplexity
     from mistralrs.engine.perplexity import perplexity
 
     quant = case[0] if backend == "torch" else case[1]
-    if backend == "torch" and case[1] == "afq8":
-        pytest.skip("the same torch type as the q8_0 case")
+    if backend == "torch" and case[1].startswith("afq"):
+        pytest.skip("the same torch type as an earlier case")
     if backend == "mlx" and quant == "q6k":
         # ~45 s of MLX's CPU build for a format MLX runs as Q8_0 plus an 8-bit requantization,
         # both checked against the dequantized blocks in test_isq.py.

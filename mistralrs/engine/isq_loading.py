@@ -59,10 +59,23 @@ class IsqPlan:
         if self.imatrix and plan.target.ggml_kind not in ggml_blocks.IMATRIX_KINDS:
             self.notes[f"{plan.target.name} does not use the importance matrix (only q4k and q5k do)"] = None
         q = plan.target.quantize(values, importance)
+        if plan.alternatives:
+            q = closest(values, importance, [q, *(t.quantize(values, importance) for t in plan.alternatives)])
         layout = self.ops.quantized_layout(q) if self.ops is not None else None
         if layout:
             self.notes[f"{q.label} is {layout}"] = None
         return q
+
+
+def closest(values: np.ndarray, importance: np.ndarray | None, candidates: list) -> object:
+    """The candidate quantization with the least squared error (importance-weighted when given);
+    the first wins a tie."""
+    weight = 1.0 if importance is None else importance[None, :]
+
+    def error(q) -> float:
+        return float(np.sum(np.square(q.dequantize() - values) * weight, dtype=np.float64))
+
+    return min(candidates, key=error)
 
 
 def quantized_batches(ops: Ops, files: list[str], plan: IsqPlan, dtype: str,

@@ -8,7 +8,7 @@ as llama.cpp and mistral.rs do:
 - the output head and the embedding table are promoted to a more precise type (a
   quantized head costs the most quality per byte saved; a tied head shares the table);
 - a type whose blocks do not divide the row (K-quants need rows of 256) falls
-  back to a compatible one (q4k -> q5_0, q6k -> q8_0, ...), and the load log says so.
+  back to a compatible one (q4k -> q5_0 or q4_1, q6k -> q8_0, ...), and the load log says so.
 """
 
 from __future__ import annotations
@@ -37,8 +37,14 @@ LEVELS = {
     "torch": {2: "q2k", 3: "q3k", 4: "q4k", 5: "q5k", 6: "q6k", 8: "q8_0"},
 }
 
-# llama.cpp's per-tensor fallback when a K-quant's 256-wide super-blocks do not divide a row.
-K_QUANT_FALLBACK = {"q2k": "q4_0", "q3k": "q4_0", "q4k": "q5_0", "q5k": "q5_1", "q6k": "q8_0", "q8k": "q8_0"}
+# The per-tensor fallback when a K-quant's 256-wide super-blocks do not divide a row. llama.cpp and
+# mistral.rs (after candle) agree except on q4k: llama.cpp takes q5_0, mistral.rs q4_1. Both are
+# tried and the one that reproduces the tensor better is kept (`TensorPlan.alternatives`): q5_0's
+# extra bit wins on ordinary weights, but weights that already sit on a 4-bit affine grid (a
+# checkpoint converted from a Q4_1 GGUF, as SmolLM2's fixture is) are exact in q4_1 and only gain
+# noise in q5_0: +20 % perplexity on that fixture against +0.3 % with q4_1.
+K_QUANT_FALLBACK = {"q2k": ("q4_0",), "q3k": ("q4_0",), "q4k": ("q5_0", "q4_1"), "q5k": ("q5_1",),
+                    "q6k": ("q8_0",), "q8k": ("q8_0",)}
 # The output head's promotion (mistral.rs' "sensitive tensors").
 HEAD_PROMOTION = {
     "q2k": "q6k", "q3k": "q6k", "q4k": "q6k", "q4_0": "q6k", "q4_1": "q6k",
@@ -106,14 +112,18 @@ class TensorPlan:
 
     target: IsqType | None
     note: str | None = None  # a fallback worth telling the user about
+    alternatives: tuple[IsqType, ...] = ()  # also tried; the closest to the weight wins (see K_QUANT_FALLBACK)
 
 
 def plan_tensor(isq: IsqType, in_features: int, *, is_head: bool) -> TensorPlan:
     wanted = IsqType(HEAD_PROMOTION[isq.name]) if is_head else isq
     if wanted.fits(in_features):
         return TensorPlan(wanted)
-    fallback = K_QUANT_FALLBACK.get(wanted.name)
-    if fallback and IsqType(fallback).fits(in_features):
-        return TensorPlan(IsqType(fallback), f"{wanted.name} needs rows divisible by 256; rows of "
-                                             f"{in_features} use {fallback} instead")
+    fallbacks = [IsqType(name) for name in K_QUANT_FALLBACK.get(wanted.name, ())]
+    fallbacks = [t for t in fallbacks if t.fits(in_features)]
+    if fallbacks:
+        names = " or ".join(t.name for t in fallbacks)
+        closest = ", whichever reproduces each tensor better" if len(fallbacks) > 1 else ""
+        return TensorPlan(fallbacks[0], f"{wanted.name} needs rows divisible by 256; rows of {in_features} "
+                                        f"use {names} instead{closest}", tuple(fallbacks[1:]))
     return TensorPlan(None, f"{wanted.name} cannot store rows of {in_features}; they stay unquantized")
