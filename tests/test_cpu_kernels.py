@@ -73,6 +73,17 @@ def test_one_row_products_split_every_way_into_streams(out_features, weight_dtyp
     assert _relative_error(y, x.double().numpy() @ w.double().numpy().T) < 1e-5
 
 
+@pytest.fixture(params=["avx2", "avx512"])
+def vector_width(request):
+    """Runs a test with 8-bit one-row products on each instruction set this CPU has."""
+    if request.param == "avx512" and not torch_cpu_kernels.use_avx512(True):
+        pytest.skip("this CPU has no AVX-512 VNNI")
+    if request.param == "avx2":
+        torch_cpu_kernels.use_avx512(False)
+    yield request.param
+    torch_cpu_kernels.use_avx512(True)
+
+
 def _groups(bits: int, group_size: int, rows: int = 20, cols: int = 384, seed: int = 0) -> AffineGroups:
     rng = np.random.default_rng(seed)
     q = rng.integers(0, 2**bits, (rows, cols)).astype(np.uint8)
@@ -93,7 +104,7 @@ def _f16_dequantized(groups: AffineGroups) -> np.ndarray:
 @pytest.mark.parametrize(("bits", "group_size"), [(4, 32), (4, 64), (4, 128), (2, 64), (5, 32), (6, 64), (8, 32),
                                                   (8, 128)])
 @pytest.mark.parametrize("input_dtype", ["float32", "bfloat16"])
-def test_quantized_weights(rows, bits, group_size, input_dtype):
+def test_quantized_weights(rows, bits, group_size, input_dtype, vector_width):
     groups = _groups(bits, group_size)
     weight = StreamingQuantWeight.from_groups(groups)
     w = _f16_dequantized(groups)
@@ -164,11 +175,28 @@ def test_compiled_code_calls_the_amx_prompt_product():
 
 @pytest.mark.parametrize("out_features", [4, 20, 44, 72, 200])
 @pytest.mark.parametrize("bits", [4, 8])
-def test_one_row_quantized_products_split_every_way_into_streams(out_features, bits):
+def test_one_row_quantized_products_split_every_way_into_streams(out_features, bits, vector_width):
     groups = _groups(bits, 32, rows=out_features, cols=256, seed=out_features)
     x = torch.randn(1, 256, generator=torch.Generator().manual_seed(2))
     y = StreamingQuantWeight.from_groups(groups)(x, None)
     assert _relative_error(y, x.double().numpy() @ _f16_dequantized(groups).astype(np.float64).T) < 2e-4
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("group_size", [32, 128])
+def test_8_bit_products_are_the_same_on_avx512_as_on_avx2(rows, group_size):
+    """The AVX-512 path forms the same integer sums and adds them in the same order."""
+    if not torch_cpu_kernels.use_avx512(True):
+        pytest.skip("this CPU has no AVX-512 VNNI")
+    weight = StreamingQuantWeight.from_groups(_groups(8, group_size, rows=200, cols=512, seed=4))
+    x = torch.randn(rows, 512, generator=torch.Generator().manual_seed(3))
+    wide = weight(x, None)
+    torch_cpu_kernels.use_avx512(False)
+    try:
+        narrow = weight(x, None)
+    finally:
+        torch_cpu_kernels.use_avx512(True)
+    torch.testing.assert_close(wide, narrow, rtol=0, atol=0)
 
 
 def test_ggml_formats_stream_through_the_kernels():

@@ -213,6 +213,12 @@ def matvec_quantized(x: torch.Tensor, values: torch.Tensor, scale_bias: torch.Te
     return op(x, values, scale_bias, group_size, in_features)
 
 
+def use_avx512(enabled: bool) -> bool:
+    """Switch the AVX-512 VNNI path of 8-bit decode products on or off (it is on wherever the CPU
+    has it); returns whether it is on now. Tests use it to check the AVX2 path on such CPUs too."""
+    return available() and bool(torch.ops.mistralrs_cpu.use_avx512(enabled))
+
+
 def amx_ready() -> bool:
     """Whether `prompt_product_q8` runs here: the kernels are built and the CPU has AMX-BF16."""
     return available() and bool(torch.ops.mistralrs_cpu.amx_ready())
