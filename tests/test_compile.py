@@ -131,7 +131,7 @@ def test_warm_up_compiles_every_shape_a_generation_meets(tiny_model_dir, isq):
     from mistralrs.engine.params import SamplingParams
 
     llm = load(tiny_model_dir("qwen3"), backend="torch", cpu=True, isq=isq, compile=True, prefill_chunk=128)
-    compiled, decode = llm.model.model._compiled_layer, llm.model.model._compiled_decode_layer
+    compiled, decode = llm.model.model._compiled_layer, llm.model.model._compiled_decode_layers
     traced_at_load = decode.traces
     params = SamplingParams(temperature=0, max_tokens=3, ignore_eos=True)
     with torch.compiler.set_stance("fail_on_recompile"):
@@ -176,7 +176,7 @@ def test_decode_steps_match_eager_ones_as_the_cache_grows(tiny_model_dir):
     folder = tiny_model_dir("qwen3")
     eager = load(folder, backend="torch", cpu=True, dtype="f32", compile=False)
     compiled = load(folder, backend="torch", cpu=True, dtype="f32", compile=True)
-    decode = compiled.model.model._compiled_decode_layer
+    decode = compiled.model.model._compiled_decode_layers
     traced_at_load = decode.traces
     assert traced_at_load >= 1 and decode.refusals == []
 
@@ -191,6 +191,36 @@ def test_decode_steps_match_eager_ones_as_the_cache_grows(tiny_model_dir):
     assert capacity == 512 and offsets_a == offsets_b == [262] * len(offsets_a)
     assert np.abs(a - b).max() <= 1e-5 * np.abs(a).max()
     assert decode.traces == traced_at_load and decode.refusals == []
+
+
+@pytest.mark.torch_env
+def test_decode_calls_several_layers_per_compiled_graph(tiny_model_dir, monkeypatch):
+    """Decode steps run the layers in groups (decoder.LAYERS_PER_DECODE_CALL); groups of different
+    layer kinds get their own traces, a shorter last group too, and the numbers stay eager's
+    past Gemma 3's 16-position window."""
+    import numpy as np
+
+    from mistralrs import load
+    from mistralrs.models import decoder
+
+    folder = tiny_model_dir("gemma3")  # layers: local, global, local
+    eager = load(folder, backend="torch", cpu=True, dtype="f32", compile=False)
+    monkeypatch.setattr(decoder, "LAYERS_PER_DECODE_CALL", 2)
+    compiled = load(folder, backend="torch", cpu=True, dtype="f32", compile=True)
+    body = compiled.model.model
+    assert [len(group) for group in body._decode_groups] == [2, 1]
+
+    def logits(llm):
+        ops, model, caches = llm.ops, llm.model, llm.model.make_caches()
+        model(ops.asarray(np.asarray([list(range(5, 15))])), caches)
+        out = [ops.to_numpy(model(ops.asarray(np.asarray([[t]])), caches))[0, -1] for t in range(20, 40)]
+        return np.stack(out), [c.offset for c in caches]
+
+    (a, offsets_a), (b, offsets_b) = logits(eager), logits(compiled)
+    assert offsets_a == offsets_b == [30, 30, 30]
+    assert np.abs(a - b).max() <= 1e-5 * np.abs(a).max()
+    decode = body._compiled_decode_layers
+    assert decode.traces >= 2 and decode.refusals == []
 
 
 @pytest.mark.torch_env

@@ -137,5 +137,5 @@ def test_compiled_layers_match_transformers(arch, backend, references):
     done = llm.generate(ids[:PROMPT], SamplingParams(temperature=0, max_tokens=GREEDY, ignore_eos=True))
     assert done.token_ids == greedy
     assert not compiled.failed, "the layers fell back to eager execution"
-    decode = llm.model.model._compiled_decode_layer
+    decode = llm.model.model._compiled_decode_layers
     assert decode.traces >= 1 and decode.refusals == [], "decode steps fell back to torch.compile"
