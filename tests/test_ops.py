@@ -414,3 +414,42 @@ def test_compile_threads_memory(ops):
     ops.set_threads(None)  # the backend's own default
     used = ops.memory_bytes()
     assert used is None or (isinstance(used, int) and used >= 0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_mlx_prompt_rows_split_across_cpu_streams_keep_every_bit(dtype):
+    """On the CPU, MLX runs prompt products and attention with their rows split across one
+    stream per core (MlxOps._across_streams); each row is computed as it would be unsplit."""
+    import mlx.core as mx
+
+    from mistralrs.quant.afq import quantize as afq_quantize
+
+    ops = _mlx_ops()
+    if ops.device != "cpu":
+        pytest.skip("only MLX's CPU backend splits rows")
+    streams = [mx.new_stream(mx.cpu) for _ in range(2)]
+    rng = np.random.default_rng(0)
+    x = ops.asarray(rng.standard_normal((1, 40, 64)), dtype)
+    dense = ops.prepare_linear(ops.asarray(rng.standard_normal((96, 64)), dtype))
+    bias = ops.asarray(rng.standard_normal(96), dtype)
+    quantized = ops.prepare_quantized_linear(afq_quantize(rng.standard_normal((96, 64)).astype(np.float32), 4, 32))
+    q = ops.asarray(rng.standard_normal((1, 4, 40, 16)), dtype)
+    k, v = (ops.asarray(rng.standard_normal((1, 2, 50, 16)), dtype) for _ in range(2))
+
+    def outputs():
+        return [ops.linear(x, dense), ops.linear(x, dense, bias), ops.linear(x, quantized),
+                ops.attention(q, k, v, 0.25, "causal")]
+
+    ops._row_streams = []
+    whole = outputs()
+    ops._row_streams = streams
+    split = outputs()
+    for a, b in zip(whole, split, strict=True):
+        assert a.shape == b.shape and mx.array_equal(a, b).item()
+
+    seen = []
+    ops._across_streams(lambda rows: seen.append(rows.shape) or rows, x)
+    assert seen == [(1, 20, 64), (1, 20, 64)]
+    seen.clear()
+    ops._across_streams(lambda rows: seen.append(rows.shape) or rows, x[:, :31])  # < 16 rows each
+    assert seen == [(1, 31, 64)]

@@ -17,6 +17,7 @@ Conventions shared by every backend:
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -231,3 +232,16 @@ class Ops(ABC):
     def memory_bytes(self) -> int | None:
         """Bytes of device memory in use (weights plus caches), when the backend knows."""
         return None
+
+
+def default_cpu_threads() -> int:
+    """Physical cores when we can tell, else the logical count, leaving SMT siblings idle.
+
+    Oversubscribing a small machine is catastrophic for tiny GEMMs, so never more
+    threads than the CPUs this process may run on.
+    """
+    try:
+        available = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        available = os.cpu_count() or 1
+    return max(1, available)

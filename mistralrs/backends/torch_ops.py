@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -18,7 +17,7 @@ from mistralrs.backends import (
     torch_fixed_shapes,
     torch_quant,
 )
-from mistralrs.backends.ops import Ops, Tensor
+from mistralrs.backends.ops import Ops, Tensor, default_cpu_threads
 
 _DTYPES = {
     "float32": torch.float32,
@@ -307,16 +306,3 @@ _CALLABLE_WEIGHTS = (
     torch_quant.SplitInt4Weight,
     torch_quant.Int8Weight,
 )
-
-
-def default_cpu_threads() -> int:
-    """Physical cores when we can tell, else the logical count, leaving SMT siblings idle.
-
-    Oversubscribing a small machine is catastrophic for tiny GEMMs, so never more
-    threads than the CPUs this process may run on.
-    """
-    try:
-        available = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        available = os.cpu_count() or 1
-    return max(1, available)
