@@ -453,3 +453,34 @@ def test_mlx_prompt_rows_split_across_cpu_streams_keep_every_bit(dtype):
     seen.clear()
     ops._across_streams(lambda rows: seen.append(rows.shape) or rows, x[:, :31])  # < 16 rows each
     assert seen == [(1, 31, 64)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_mlx_one_row_products_split_by_output_features_keep_every_bit(dtype):
+    """Decode products have one row: MLX's CPU path splits their output features across the
+    streams instead, for checkpoint-layout and quantized weights."""
+    import mlx.core as mx
+
+    from mistralrs.quant.afq import quantize as afq_quantize
+
+    ops = _mlx_ops()
+    if ops.device != "cpu":
+        pytest.skip("only MLX's CPU backend splits products")
+    streams = [mx.new_stream(mx.cpu) for _ in range(2)]
+    rng = np.random.default_rng(1)
+    x = ops.asarray(rng.standard_normal((1, 1, 64)), dtype)
+    dense = ops.asarray(rng.standard_normal((600, 64)), dtype)  # kept in checkpoint layout
+    bias = ops.asarray(rng.standard_normal(600), dtype)
+    quantized = ops.prepare_quantized_linear(afq_quantize(rng.standard_normal((600, 64)).astype(np.float32), 4, 32))
+    small = ops.asarray(rng.standard_normal((300, 64)), dtype)  # too few outputs to split
+
+    def outputs():
+        return [ops.linear(x, dense), ops.linear(x, dense, bias), ops.linear(x, quantized), ops.linear(x, small)]
+
+    ops._row_streams = []
+    whole = outputs()
+    ops._row_streams = streams
+    assert ops._split_outputs(x, dense) and ops._split_outputs(x, quantized) and not ops._split_outputs(x, small)
+    split = outputs()
+    for a, b in zip(whole, split, strict=True):
+        assert a.shape == b.shape and mx.array_equal(a, b).item()

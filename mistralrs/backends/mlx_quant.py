@@ -51,6 +51,14 @@ class QuantizedWeight:
         return mx.dequantize(self.weight[ids], self.scales[ids], self.biases[ids],
                              group_size=self.group_size, bits=self.bits)
 
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+    def output_rows(self, start: int, stop: int) -> QuantizedWeight:
+        """The weight of output features start..stop (views, no copy)."""
+        return QuantizedWeight(self.weight[start:stop], self.scales[start:stop], self.biases[start:stop],
+                               self.group_size, self.bits)
+
     def __call__(self, x, bias):
         y = mx.quantized_matmul(x, self.weight, self.scales, self.biases, transpose=True,
                                 group_size=self.group_size, bits=self.bits)
