@@ -416,36 +416,44 @@ def test_compile_threads_memory(ops):
     assert used is None or (isinstance(used, int) and used >= 0)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_mlx_prompt_rows_split_across_cpu_streams_keep_every_bit(dtype):
-    """On the CPU, MLX runs prompt products and attention with their rows split across one
-    stream per core (MlxOps._across_streams); each row is computed as it would be unsplit."""
-    import mlx.core as mx
-
+def _mlx_cpu_ops_and_weights(dtype: str, seed: int, out_features: int):
+    """MLX CPU ops plus a dense (checkpoint-layout), bias and 4-bit AFQ weight of 64 inputs."""
     from mistralrs.quant.afq import quantize as afq_quantize
 
     ops = _mlx_ops()
     if ops.device != "cpu":
-        pytest.skip("only MLX's CPU backend splits rows")
+        pytest.skip("only MLX's CPU backend splits products across streams")
+    rng = np.random.default_rng(seed)
+    dense = ops.asarray(rng.standard_normal((out_features, 64)), dtype)
+    bias = ops.asarray(rng.standard_normal(out_features), dtype)
+    quantized = ops.prepare_quantized_linear(
+        afq_quantize(rng.standard_normal((out_features, 64)).astype(np.float32), 4, 32))
+    return ops, rng, dense, bias, quantized
+
+
+def _same_bits_on_two_streams(ops, outputs) -> None:
+    import mlx.core as mx
+
     streams = [mx.new_stream(mx.cpu) for _ in range(2)]
-    rng = np.random.default_rng(0)
-    x = ops.asarray(rng.standard_normal((1, 40, 64)), dtype)
-    dense = ops.prepare_linear(ops.asarray(rng.standard_normal((96, 64)), dtype))
-    bias = ops.asarray(rng.standard_normal(96), dtype)
-    quantized = ops.prepare_quantized_linear(afq_quantize(rng.standard_normal((96, 64)).astype(np.float32), 4, 32))
-    q = ops.asarray(rng.standard_normal((1, 4, 40, 16)), dtype)
-    k, v = (ops.asarray(rng.standard_normal((1, 2, 50, 16)), dtype) for _ in range(2))
-
-    def outputs():
-        return [ops.linear(x, dense), ops.linear(x, dense, bias), ops.linear(x, quantized),
-                ops.attention(q, k, v, 0.25, "causal")]
-
     ops._row_streams = []
     whole = outputs()
     ops._row_streams = streams
     split = outputs()
     for a, b in zip(whole, split, strict=True):
         assert a.shape == b.shape and mx.array_equal(a, b).item()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_mlx_prompt_rows_split_across_cpu_streams_keep_every_bit(dtype):
+    """On the CPU, MLX runs prompt products and attention with their rows split across one
+    stream per core (MlxOps._across_streams); each row is computed as it would be unsplit."""
+    ops, rng, dense, bias, quantized = _mlx_cpu_ops_and_weights(dtype, seed=0, out_features=96)
+    dense = ops.prepare_linear(dense)
+    x = ops.asarray(rng.standard_normal((1, 40, 64)), dtype)
+    q = ops.asarray(rng.standard_normal((1, 4, 40, 16)), dtype)
+    k, v = (ops.asarray(rng.standard_normal((1, 2, 50, 16)), dtype) for _ in range(2))
+    _same_bits_on_two_streams(ops, lambda: [ops.linear(x, dense), ops.linear(x, dense, bias),
+                                            ops.linear(x, quantized), ops.attention(q, k, v, 0.25, "causal")])
 
     seen = []
     ops._across_streams(lambda rows: seen.append(rows.shape) or rows, x)
@@ -459,28 +467,9 @@ def test_mlx_prompt_rows_split_across_cpu_streams_keep_every_bit(dtype):
 def test_mlx_one_row_products_split_by_output_features_keep_every_bit(dtype):
     """Decode products have one row: MLX's CPU path splits their output features across the
     streams instead, for checkpoint-layout and quantized weights."""
-    import mlx.core as mx
-
-    from mistralrs.quant.afq import quantize as afq_quantize
-
-    ops = _mlx_ops()
-    if ops.device != "cpu":
-        pytest.skip("only MLX's CPU backend splits products")
-    streams = [mx.new_stream(mx.cpu) for _ in range(2)]
-    rng = np.random.default_rng(1)
+    ops, rng, dense, bias, quantized = _mlx_cpu_ops_and_weights(dtype, seed=1, out_features=600)
     x = ops.asarray(rng.standard_normal((1, 1, 64)), dtype)
-    dense = ops.asarray(rng.standard_normal((600, 64)), dtype)  # kept in checkpoint layout
-    bias = ops.asarray(rng.standard_normal(600), dtype)
-    quantized = ops.prepare_quantized_linear(afq_quantize(rng.standard_normal((600, 64)).astype(np.float32), 4, 32))
     small = ops.asarray(rng.standard_normal((300, 64)), dtype)  # too few outputs to split
-
-    def outputs():
-        return [ops.linear(x, dense), ops.linear(x, dense, bias), ops.linear(x, quantized), ops.linear(x, small)]
-
-    ops._row_streams = []
-    whole = outputs()
-    ops._row_streams = streams
+    _same_bits_on_two_streams(ops, lambda: [ops.linear(x, dense), ops.linear(x, dense, bias),
+                                            ops.linear(x, quantized), ops.linear(x, small)])
     assert ops._split_outputs(x, dense) and ops._split_outputs(x, quantized) and not ops._split_outputs(x, small)
-    split = outputs()
-    for a, b in zip(whole, split, strict=True):
-        assert a.shape == b.shape and mx.array_equal(a, b).item()
