@@ -432,15 +432,23 @@ def _mlx_cpu_ops_and_weights(dtype: str, seed: int, out_features: int):
 
 
 def _same_bits_on_two_streams(ops, outputs) -> None:
+    """outputs() on one stream and on two, here and on another thread (MLX streams belong to the
+    thread that made them, as in the server's scheduler thread)."""
+    import threading
+
     import mlx.core as mx
 
-    streams = [mx.new_stream(mx.cpu) for _ in range(2)]
-    ops._row_streams = []
+    ops.stream_count = 1
     whole = outputs()
-    ops._row_streams = streams
+    ops.stream_count = 2
     split = outputs()
-    for a, b in zip(whole, split, strict=True):
-        assert a.shape == b.shape and mx.array_equal(a, b).item()
+    mx.eval(whole, split)  # and with them the inputs, which the other thread cannot evaluate
+    elsewhere = []
+    worker = threading.Thread(target=lambda: elsewhere.extend(mx.eval(y) or y for y in outputs()))
+    worker.start()
+    worker.join()
+    for a, b, c in zip(whole, split, elsewhere, strict=True):
+        assert a.shape == b.shape and mx.array_equal(a, b).item() and mx.array_equal(a, c).item()
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -456,6 +464,7 @@ def test_mlx_prompt_rows_split_across_cpu_streams_keep_every_bit(dtype):
                                             ops.linear(x, quantized), ops.attention(q, k, v, 0.25, "causal")])
 
     seen = []
+    ops.stream_count = 2
     ops._across_streams(lambda rows: seen.append(rows.shape) or rows, x)
     assert seen == [(1, 20, 64), (1, 20, 64)]
     seen.clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -62,10 +63,11 @@ class MlxOps(Ops):
         # the inv_freq array itself so its id cannot be reused while cached.
         self._rope_periods: dict[int, tuple[mx.array, mx.array]] = {}
         # MLX's CPU backend runs each stream's ops on one thread (mlx[cpu] on Linux links the
-        # single-threaded reference BLAS), but ops on different streams run at once: prompt
-        # products are split by rows across one CPU stream per core (`_across_streams`).
-        threads = default_cpu_threads() if self.device == "cpu" else 1
-        self._row_streams = [mx.new_stream(mx.cpu) for _ in range(threads)] if threads > 1 else []
+        # single-threaded reference BLAS), but ops on different streams run at once: products
+        # and prompt attention are split across one CPU stream per core, prompts by rows
+        # (`_across_streams`), one-row products by output features (`_across_output_streams`).
+        self.stream_count = default_cpu_threads() if self.device == "cpu" else 1
+        self._thread_streams = threading.local()
 
     # ---- data --------------------------------------------------------------
     def asarray(self, array, dtype=None):
@@ -156,10 +158,20 @@ class MlxOps(Ops):
             return self._across_output_streams(x, weight, bias)
         return self._across_streams(lambda rows: _linear(rows, weight, bias), x)
 
+    def _streams(self) -> list:
+        """This thread's CPU streams, made on first use: an MLX stream belongs to the thread that
+        made it (another thread gets "There is no Stream(cpu, N) in current thread")."""
+        if self.stream_count < 2:
+            return []
+        streams = getattr(self._thread_streams, "streams", None)
+        if streams is None or len(streams) != self.stream_count:
+            streams = self._thread_streams.streams = [mx.new_stream(mx.cpu) for _ in range(self.stream_count)]
+        return streams
+
     def _split_outputs(self, x, weight) -> bool:
         """Whether a product has too few rows to split but enough output features, held in
         slices that cost no copy (checkpoint-layout or quantized weights)."""
-        if len(self._row_streams) < 2 or (x.shape[-2] if x.ndim >= 2 else 1) >= 2 * MIN_ROWS_PER_STREAM:
+        if self.stream_count < 2 or (x.shape[-2] if x.ndim >= 2 else 1) >= 2 * MIN_ROWS_PER_STREAM:
             return False
         if isinstance(weight, mlx_quant.QuantizedWeight):
             return weight.out_features() >= MIN_OUTPUTS_PER_STREAM * 2
@@ -170,10 +182,11 @@ class MlxOps(Ops):
         benchmark model's 30 one-row bf16 products of 576 -> 3072 took 25-28 ms on two streams
         against 46-48 ms on one."""
         total = weight.out_features() if isinstance(weight, mlx_quant.QuantizedWeight) else weight.shape[0]
-        parts = min(len(self._row_streams), total // MIN_OUTPUTS_PER_STREAM)
+        streams = self._streams()
+        parts = min(len(streams), total // MIN_OUTPUTS_PER_STREAM)
         bounds = [total * i // parts for i in range(parts + 1)]
         outputs = []
-        for stream, lo, hi in zip(self._row_streams[:parts], bounds[:-1], bounds[1:], strict=True):
+        for stream, lo, hi in zip(streams[:parts], bounds[:-1], bounds[1:], strict=True):
             part = weight.output_rows(lo, hi) if isinstance(weight, mlx_quant.QuantizedWeight) else weight[lo:hi]
             with mx.stream(stream):
                 outputs.append(_linear(x, part, None if bias is None else bias[lo:hi]))
@@ -185,12 +198,13 @@ class MlxOps(Ops):
         model took 121 ms on two streams against 235 ms on one, with the same bits: every output
         row is computed as it would be unsplit."""
         rows = x.shape[-2] if x.ndim >= 2 else 1
-        parts = min(len(self._row_streams), rows // MIN_ROWS_PER_STREAM)
+        parts = min(self.stream_count, rows // MIN_ROWS_PER_STREAM)
         if parts < 2:
             return fn(x, *aligned)
+        streams = self._streams()
         bounds = [rows * i // parts for i in range(parts + 1)]
         outputs = []
-        for stream, lo, hi in zip(self._row_streams[:parts], bounds[:-1], bounds[1:], strict=True):
+        for stream, lo, hi in zip(streams[:parts], bounds[:-1], bounds[1:], strict=True):
             with mx.stream(stream):
                 outputs.append(fn(x[..., lo:hi, :], *(a if a is None else a[..., lo:hi, :] for a in aligned)))
         return mx.concatenate(outputs, axis=-2)
@@ -328,8 +342,7 @@ class MlxOps(Ops):
     # side effects or retrace on every token.
 
     def set_threads(self, n):
-        # MLX exposes no thread control; on the CPU it uses one stream per core for prompt
-        # products (__init__).
+        # MLX exposes no thread control; on the CPU the products use one stream per core (__init__).
         pass
 
     def memory_bytes(self):

@@ -54,7 +54,7 @@ class DecoderLayer(Module):
 # step's time on the 30-layer h512 benchmark model in q8_0 (2-core Xeon VM: 10.0 -> 8.6 ms per
 # step with all 30 layers in one call). Tracing cost grows with the group (0.12 s per layer at
 # each load, even with inductor's cache warm), but groups of the same layer kinds share one trace:
-# 6 layers per call kept the step time of 30 and cost 1.4 s of loading where 30 cost 5.4. Six is
+# 6 layers per call ran about as fast as 30 and cost 1.4 s of loading where 30 cost 5.4. Six is
 # also Gemma 3's period of five local layers and one global one.
 LAYERS_PER_DECODE_CALL = 6
 

@@ -20,7 +20,7 @@
 // with integer multiply-adds (vpmaddwd), unpacking the weights with masks and
 // shifts inside 128-bit lanes only. On the 2-core Zen 3 VM they are still bound
 // by arithmetic rather than memory (~18 G weights/s from cache on two threads).
-// CPUs with AVX-512 VNNI run 8-bit weights through a 512-bit variant (see `Bytes512`).
+// CPUs with AVX-512 VNNI run 8-bit weights through a 512-bit variant (`bytes512_streams`).
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -307,8 +307,9 @@ inline void quantized_streams(const QuantizedActivations& xq, const uint8_t* q, 
 // load, a mask, a shift, two multiply-adds, one conversion and one scaling, where the AVX2 path
 // above spends about twice that. That path is bound by arithmetic on the 2-core Sapphire Rapids
 // VM too (one-row products of the 115.6 M benchmark model's 8-bit weights at ~20 GB/s), so
-// halving its instructions is what lets the product approach memory's speed. The integer sums
-// are the same exact ones; only the order of the float sums over chunks differs.
+// halving its instructions is what lets the product approach memory's speed. Each float lane
+// sums the same four columns' exact integer products, scaled and added in the same order, so
+// the results are the AVX2 path's to the bit (the tests check both paths).
 
 bool cpu_has_avx512_vnni() {
   unsigned a, b, c, d;
