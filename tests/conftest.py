@@ -12,6 +12,10 @@ sys.path.insert(0, os.path.dirname(__file__))
 # Compiling the layers costs seconds per model load; the tests that check compiled layers
 # ask for it explicitly (load(compile=True)). Subprocesses inherit the setting.
 os.environ.setdefault("MISTRALRS_COMPILE", "0")
+# Triton kernels (the CUDA path for quantized weights) run in Triton's interpreter on CPU
+# tensors. Triton reads this when it is first imported, so it is set before anything is;
+# on a GPU, TRITON_INTERPRET=0 runs the compiled kernels instead.
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from model_fixtures import build_model, write_tokenizer  # noqa: E402
 

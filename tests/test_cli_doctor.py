@@ -94,6 +94,17 @@ def test_cpu_only_torch_on_an_nvidia_machine_warns(monkeypatch):
     assert check.status == WARN and "CPU-only" in check.message and check.suggestion
 
 
+def test_quantized_kernels_on_cuda_need_triton(monkeypatch):
+    monkeypatch.setattr(doctor_checks, "_cuda_usable", lambda: False)
+    assert doctor_checks.quantized_kernels() is None  # nothing to say without CUDA
+    monkeypatch.setattr(doctor_checks, "_cuda_usable", lambda: True)
+    real_find_spec = doctor_checks.importlib.util.find_spec
+    monkeypatch.setattr(doctor_checks.importlib.util, "find_spec",
+                        lambda name: None if name == "triton" else real_find_spec(name))
+    check = doctor_checks.quantized_kernels()
+    assert check.status == WARN and "dequantized" in check.message and "pip install triton" in check.suggestion
+
+
 def test_no_backend_is_an_error(monkeypatch):
     monkeypatch.setattr(doctor_checks, "installed", lambda module: False)
     assert doctor_checks.backends_installed().status == ERROR

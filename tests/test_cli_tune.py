@@ -217,7 +217,13 @@ def test_resident_bits_follow_the_kernel_layouts():
     for label in ("Q6_K", "Q2_K", "Q3_K"):
         assert resident_bits(label, "torch", "cpu", 4096, "bf16") == 8 + 16 / 4096, label
     assert resident_bits("Q4_K", "torch", "cpu", 4096, "bf16", embedding=True) == 8 + 16 / 4096
-    assert resident_bits("Q4_K", "torch", "cuda", 4096, "f16") == 16  # dequantized at load
+    # torch CUDA (Triton kernels): at most 4 bits two to a byte, wider a byte each, float16 scale and
+    # bias per group of 32 (16 for Q2_K, Q3_K, Q6_K); the embedding table is dequantized there.
+    assert resident_bits("Q4_K", "torch", "cuda", 4096, "f16") == 4 + 32 / 32
+    assert resident_bits("Q5_0", "torch", "cuda", 4096, "bf16") == 8 + 32 / 32
+    assert resident_bits("Q2_K", "torch", "cuda", 4096, "bf16") == 4 + 32 / 16
+    assert resident_bits("Q6_K", "torch", "cuda", 4096, "bf16") == 8 + 32 / 16
+    assert resident_bits("Q4_K", "torch", "cuda", 4096, "f16", embedding=True) == 16
     # MLX: affine formats keep their bits, scale and bias in the compute dtype; 16-wide ones are requantized.
     assert resident_bits("AFQ4", "mlx", "metal", 4096, "bf16") == 4 + 32 / 32
     assert resident_bits("Q4_K", "mlx", "metal", 4096, "f32") == 4 + 64 / 32

@@ -14,6 +14,7 @@ from mistralrs.backends import (
     torch_compile,
     torch_cpu_kernels,
     torch_cpu_linear,
+    torch_cuda_quant,
     torch_fixed_shapes,
     torch_quant,
 )
@@ -102,6 +103,10 @@ class TorchOps(Ops):
     def prepare_quantized_linear(self, weight):
         if self.torch_device.type == "cpu":
             return torch_quant.prepare_cpu(weight)
+        if self.torch_device.type == "cuda" and torch_cuda_quant.triton_unavailable_reason() is None:
+            packed = torch_cuda_quant.CudaQuantWeight.from_quantized(weight, self.torch_device)
+            if packed is not None:
+                return packed
         dense = torch_quant.prepare_dense(weight, _DTYPES[self.compute_dtype], self.torch_device)
         return self.prepare_linear(dense)
 
@@ -111,8 +116,14 @@ class TorchOps(Ops):
         return torch_quant.prepare_dense(weight, _DTYPES[self.compute_dtype], self.torch_device)
 
     def quantized_layout(self, weight):
+        if self.torch_device.type == "cuda":
+            reason = torch_cuda_quant.triton_unavailable_reason()
+            if reason is None and torch_cuda_quant.fits(weight):
+                return None  # packed, through the Triton kernels
+            why = reason or "its group size has no Triton kernel"
+            return f"dequantized to the compute dtype on {self.device}: {why}"
         if self.torch_device.type != "cpu":
-            return f"dequantized to the compute dtype on {self.device} (no CUDA quantized kernel yet)"
+            return f"dequantized to the compute dtype on {self.device} (no quantized kernel there)"
         if torch_quant.cpu_layout(weight) == "int8":
             return "requantized to int8 with one scale per row (torch's int8 CPU kernel)"
         return None
@@ -305,4 +316,5 @@ _CALLABLE_WEIGHTS = (
     torch_quant.Int4Weight,
     torch_quant.SplitInt4Weight,
     torch_quant.Int8Weight,
+    torch_cuda_quant.CudaQuantWeight,
 )

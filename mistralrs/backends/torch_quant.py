@@ -26,8 +26,7 @@ prompt chunks multiply the dequantized weight in bfloat16 on CPUs that have it,
 except 8-bit weights, whose precision needs float32 results: on CPUs with AMX our
 own prompt product keeps AMX's float32 sums, elsewhere the product runs in float32.
 
-On CUDA the weight is dequantized once at load to the compute dtype: correct, not
-a memory saving (no CUDA kernel path has been verified here yet).
+On CUDA, torch_cuda_quant keeps the weight packed and multiplies it with Triton kernels.
 """
 
 from __future__ import annotations

@@ -238,6 +238,19 @@ def fused_attention() -> Check | None:
     return Check("Fused attention", OK, f"SDPA kernels: {shown}.")
 
 
+def quantized_kernels() -> Check | None:
+    """Whether quantized weights stay packed on CUDA (our Triton kernels); None without CUDA."""
+    if not _cuda_usable():
+        return None
+    if importlib.util.find_spec("triton") is None:
+        return Check("Quantized kernels", WARN, "Triton is not installed: quantized weights (--isq, GGUF, UQFF) "
+                     "are dequantized at load on CUDA and take the compute dtype's memory.",
+                     "pip install triton (torch's CUDA builds for Linux normally bring it).")
+    from importlib.metadata import version
+
+    return Check("Quantized kernels", OK, f"Triton {version('triton')}: quantized weights stay packed on the GPU.")
+
+
 def _cuda_usable() -> bool:
     if not installed("torch"):
         return False
@@ -250,7 +263,7 @@ def machine_checks() -> list[Check]:
     # Named here so a probe that crashes is reported under the name its check would have had.
     probes = {"CPU extensions": cpu_extensions, "Backends": backends_installed, "torch / hardware":
               torch_matches_hardware, "MLX / hardware": mlx_matches_hardware, "GPU compute capability": gpu_compute,
-              "Fused attention": fused_attention}
+              "Fused attention": fused_attention, "Quantized kernels": quantized_kernels}
     return [check for check in (guarded(probe, name) for name, probe in probes.items()) if check is not None]
 
 

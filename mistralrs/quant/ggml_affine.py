@@ -6,8 +6,10 @@ Q4_K / Q5_K super-blocks hold eight 32-element sub-blocks of d*sc and -dmin*m.
 In this form they map exactly onto affine-quantized matmul kernels (MLX's
 quantized_matmul, torch's int4 kernels), without going through floats.
 
-Q2_K, Q3_K and Q6_K have 16-element sub-blocks, which no kernel we use takes;
-they have no affine view here and are converted from their dequantized values.
+Q2_K, Q3_K and Q6_K have 16-element sub-blocks, which the CPU and MLX kernels
+do not take: `affine_groups` has no view of them, and those backends convert them
+from their dequantized values. Our CUDA kernels take groups of 16, and
+`sixteen_wide_groups` gives them the exact form.
 """
 
 from __future__ import annotations
@@ -17,7 +19,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import ggml_blocks
-from .ggml_kquants import _unbits_by_32, _unpack_nibbles_64, _unpack_scale_min_k4
+from .ggml_kquants import (
+    _unbits_by_32,
+    _unpack_2bit,
+    _unpack_nibbles_64,
+    _unpack_scale_min_k4,
+    _unpack_scales_q3,
+)
 from .ggml_legacy import _unhigh, _unnibble, f16_value
 from .qtensor import AfqTensor, GgmlTensor, QuantizedTensor
 
@@ -91,6 +99,44 @@ def affine_groups(t: QuantizedTensor) -> AffineGroups | None:
         np.ascontiguousarray(q, dtype=np.uint8).reshape(rows, cols),
         scale.astype(F32).reshape(rows, cols // GROUP),
         bias.astype(F32).reshape(rows, cols // GROUP),
+    )
+
+
+SIXTEEN_WIDE_BITS = {"Q2_K": 2, "Q3_K": 3, "Q6_K": 6}
+
+
+def _sixteen_wide(b: np.ndarray, kind: str):
+    """(q, scale, bias) per 16-element sub-block of Q2_K / Q3_K / Q6_K super-blocks; q unsigned."""
+    if kind == "Q2_K":
+        sc = b[:, 0:16]
+        d, dmin = f16_value(b[:, 80:82]), f16_value(b[:, 82:84])
+        return _unpack_2bit(b[:, 16:80]), d * (sc & 0xF).astype(F32), -(dmin * (sc >> 4).astype(F32))
+    if kind == "Q3_K":  # ggml's value is low - 4 * (1 - high bit): shifted up by 4
+        d = f16_value(b[:, 108:110])
+        scale = d * (_unpack_scales_q3(b[:, 96:108]).astype(np.int8) - np.int8(32)).astype(F32)
+        return _unpack_2bit(b[:, 32:96]) | _unbits_by_32(b[:, 0:32]) << 2, scale, -4 * scale
+    # Q6_K: six bits, ggml's value shifted up by 32
+    ql = b[:, 0:128].reshape(-1, 2, 1, 64) >> np.array([0, 4], np.uint8).reshape(1, 1, 2, 1)
+    qh = b[:, 128:192].reshape(-1, 2, 1, 32) >> np.array([0, 2, 4, 6], np.uint8).reshape(1, 1, 4, 1)
+    q = (ql & 0xF).reshape(-1, 256) | (qh & 3).reshape(-1, 256) << 4
+    scale = f16_value(b[:, 208:210]) * np.ascontiguousarray(b[:, 192:208]).view(np.int8).astype(F32)
+    return q, scale, -32 * scale
+
+
+def sixteen_wide_groups(t: QuantizedTensor) -> AffineGroups | None:
+    """The affine form of Q2_K, Q3_K and Q6_K, groups of 16 (None for other formats). Equal to
+    ggml's dequantized values up to float32 rounding: scale * (q + c) is computed as
+    scale * q + (scale * c)."""
+    if not isinstance(t, GgmlTensor) or t.kind not in SIXTEEN_WIDE_BITS:
+        return None
+    rows, cols = t.shape
+    blocks = np.ascontiguousarray(t.data).reshape(-1, ggml_blocks.type_size(t.kind))
+    q, scale, bias = _sixteen_wide(blocks, t.kind)
+    return AffineGroups(
+        SIXTEEN_WIDE_BITS[t.kind], 16,
+        np.ascontiguousarray(q, dtype=np.uint8).reshape(rows, cols),
+        scale.astype(F32).reshape(rows, cols // 16),
+        bias.astype(F32).reshape(rows, cols // 16),
     )
 
 

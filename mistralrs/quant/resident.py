@@ -11,7 +11,10 @@ in-situ quantization hands the blocks to a backend, which re-lays them for its k
   the 5- to 8-bit formats take 8 bits plus a float16 scale and bias per group, 9 bits for
   groups of 32, where this counts the 10 of two int4 matrices: a 10 % overestimate, kept so
   that the arithmetic needs no knowledge of the CPU.
-- torch elsewhere (CUDA): the weight is dequantized to the compute dtype, no saving.
+- torch on CUDA (backends/torch_cuda_quant.py): every format keeps its exact affine form,
+  values of at most 4 bits two to a byte and wider ones a byte each, with a float16 scale
+  and bias per group (32 wide, 16 for Q2_K, Q3_K and Q6_K, AFQ's own). Without Triton the
+  weight is dequantized to the compute dtype instead; this counts the Triton layout.
 - MLX (backends/mlx_quant.py): a format with an exact affine view keeps its bits plus a
   scale and a bias per group in the compute dtype (groups of 32 for GGML formats, 64 for
   AFQ); Q2_K and Q3_K are requantized to 6 bits and Q6_K to 8 bits, in groups of 32.
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 from mistralrs.quant.ggml_affine import AFFINE_BITS as GGML_AFFINE
 from mistralrs.quant.ggml_affine import GROUP as GGML_GROUP
+from mistralrs.quant.ggml_affine import SIXTEEN_WIDE_BITS
 from mistralrs.quant.isq import AFQ_GROUP_SIZE as AFQ_GROUP
 
 # The kernels' layout choices live here, backend-free, and backends/*_quant.py import them,
@@ -34,6 +38,7 @@ MLX_REQUANTIZED_BITS = {"Q2_K": 6, "Q3_K": 6, "Q6_K": 8}
 MLX_REQUANTIZED_GROUP = 32
 TORCH_INT4_GROUP_SIZES = (32, 64, 128, 256)  # the group sizes _weight_int4pack_mm_for_cpu takes
 TORCH_SCALE_BITS = 16  # torch_quant.COMPUTE is bfloat16
+CUDA_SCALE_BITS = 16  # torch_cuda_quant keeps float16 scales and biases
 DTYPE_BITS = {"f32": 32, "bf16": 16, "f16": 16, "float32": 32, "bfloat16": 16, "float16": 16}
 
 
@@ -73,6 +78,9 @@ def resident_bits(label: str, backend: str, device: str, in_features: int, compu
         return bits + 2 * compute_bits / group
     if backend != "torch":
         raise ValueError(f"unknown backend {backend!r}")
+    if device == "cuda" and not embedding:  # embedding tables are dequantized on CUDA
+        bits, group = view if view is not None else (SIXTEEN_WIDE_BITS[label.upper()], 16)
+        return (4 if bits <= 4 else 8) + 2 * CUDA_SCALE_BITS / group
     if device != "cpu":
         return compute_bits  # dequantized at load
     int8_rows = 8 + TORCH_SCALE_BITS / in_features
