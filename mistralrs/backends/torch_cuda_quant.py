@@ -69,6 +69,9 @@ class CudaQuantWeight:
     interpreter runs on)."""
 
     def __init__(self, groups: AffineGroups, device: torch.device):
+        from mistralrs.backends import triton_affine  # needs Triton: imported once a weight is built
+
+        self.kernels = triton_affine
         self.out_features, self.in_features = groups.q.shape
         self.group_size, self.bits = groups.group_size, groups.bits
         self.packed = groups.bits <= 4
@@ -88,19 +91,15 @@ class CudaQuantWeight:
         return cls(affine_groups(q) or sixteen_wide_groups(q), device) if fits(q) else None
 
     def dense(self, dtype: torch.dtype) -> torch.Tensor:
-        from mistralrs.backends import triton_affine
-
         out = torch.empty(self.out_features, self.in_features, dtype=dtype, device=self.values.device)
-        triton_affine.affine_dequantize(self.values, self.scales, self.biases, out, self.group_size, self.packed)
+        self.kernels.affine_dequantize(self.values, self.scales, self.biases, out, self.group_size, self.packed)
         return out
 
     def matmul(self, rows: torch.Tensor) -> torch.Tensor:
         if rows.shape[0] > KERNEL_UNTIL_ROWS:
             return F.linear(rows, self.dense(rows.dtype))
-        from mistralrs.backends import triton_affine
-
         out = torch.empty(rows.shape[0], self.out_features, dtype=rows.dtype, device=rows.device)
-        triton_affine.affine_matvec(rows, self.values, self.scales, self.biases, out, self.group_size, self.packed)
+        self.kernels.affine_matvec(rows, self.values, self.scales, self.biases, out, self.group_size, self.packed)
         return out
 
     def __call__(self, x, bias):

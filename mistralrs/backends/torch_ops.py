@@ -120,7 +120,7 @@ class TorchOps(Ops):
             reason = torch_cuda_quant.triton_unavailable_reason()
             if reason is None and torch_cuda_quant.fits(weight):
                 return None  # packed, through the Triton kernels
-            why = reason or "its group size has no Triton kernel"
+            why = reason or "no Triton kernel takes its group size and width"
             return f"dequantized to the compute dtype on {self.device}: {why}"
         if self.torch_device.type != "cpu":
             return f"dequantized to the compute dtype on {self.device} (no quantized kernel there)"

@@ -20,11 +20,15 @@ import numpy as np
 
 from . import ggml_blocks
 from .ggml_kquants import (
+    _q2_k_scales,
+    _q3_k_scales,
+    _q3_k_values,
+    _q6_k_scales,
+    _q6_k_values,
     _unbits_by_32,
     _unpack_2bit,
     _unpack_nibbles_64,
     _unpack_scale_min_k4,
-    _unpack_scales_q3,
 )
 from .ggml_legacy import _unhigh, _unnibble, f16_value
 from .qtensor import AfqTensor, GgmlTensor, QuantizedTensor
@@ -108,19 +112,13 @@ SIXTEEN_WIDE_BITS = {"Q2_K": 2, "Q3_K": 3, "Q6_K": 6}
 def _sixteen_wide(b: np.ndarray, kind: str):
     """(q, scale, bias) per 16-element sub-block of Q2_K / Q3_K / Q6_K super-blocks; q unsigned."""
     if kind == "Q2_K":
-        sc = b[:, 0:16]
-        d, dmin = f16_value(b[:, 80:82]), f16_value(b[:, 82:84])
-        return _unpack_2bit(b[:, 16:80]), d * (sc & 0xF).astype(F32), -(dmin * (sc >> 4).astype(F32))
-    if kind == "Q3_K":  # ggml's value is low - 4 * (1 - high bit): shifted up by 4
-        d = f16_value(b[:, 108:110])
-        scale = d * (_unpack_scales_q3(b[:, 96:108]).astype(np.int8) - np.int8(32)).astype(F32)
-        return _unpack_2bit(b[:, 32:96]) | _unbits_by_32(b[:, 0:32]) << 2, scale, -4 * scale
-    # Q6_K: six bits, ggml's value shifted up by 32
-    ql = b[:, 0:128].reshape(-1, 2, 1, 64) >> np.array([0, 4], np.uint8).reshape(1, 1, 2, 1)
-    qh = b[:, 128:192].reshape(-1, 2, 1, 32) >> np.array([0, 2, 4, 6], np.uint8).reshape(1, 1, 4, 1)
-    q = (ql & 0xF).reshape(-1, 256) | (qh & 3).reshape(-1, 256) << 4
-    scale = f16_value(b[:, 208:210]) * np.ascontiguousarray(b[:, 192:208]).view(np.int8).astype(F32)
-    return q, scale, -32 * scale
+        scale, minimum = _q2_k_scales(b)
+        return _unpack_2bit(b[:, 16:80]), scale, -minimum
+    if kind == "Q3_K":  # ggml's value is q - 4
+        scale = _q3_k_scales(b)
+        return _q3_k_values(b), scale, -4 * scale
+    scale = _q6_k_scales(b)  # Q6_K: ggml's value is q - 32
+    return _q6_k_values(b), scale, -32 * scale
 
 
 def sixteen_wide_groups(t: QuantizedTensor) -> AffineGroups | None:

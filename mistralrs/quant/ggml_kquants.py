@@ -320,21 +320,32 @@ def quantize_q8_k(x: np.ndarray) -> np.ndarray:
 # --- dequantizers (same float operation order as ggml's dequantize_row_*) ---------------------
 
 
-def dequantize_q2_k(b: np.ndarray) -> np.ndarray:
+def _q2_k_scales(b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Q2_K's (d * scale, dmin * min) per 16-element sub-block."""
     sc = b[:, 0:16]
     d, dmin = f16_value(b[:, 80:82]), f16_value(b[:, 82:84])
-    dl = (d * (sc & 0xF).astype(F32))[..., None]
-    ml = (dmin * (sc >> 4).astype(F32))[..., None]
+    return d * (sc & 0xF).astype(F32), dmin * (sc >> 4).astype(F32)
+
+
+def _q3_k_scales(b: np.ndarray) -> np.ndarray:
+    """Q3_K's d * scale per 16-element sub-block."""
+    return f16_value(b[:, 108:110]) * (_unpack_scales_q3(b[:, 96:108]).astype(np.int8) - np.int8(32)).astype(F32)
+
+
+def _q3_k_values(b: np.ndarray) -> np.ndarray:
+    """Q3_K's values shifted up by 4 to be unsigned (0..7): the low two bits and the high bit."""
+    return _unpack_2bit(b[:, 32:96]) | _unbits_by_32(b[:, 0:32]) << 2
+
+
+def dequantize_q2_k(b: np.ndarray) -> np.ndarray:
+    dl, ml = _q2_k_scales(b)
     q = _unpack_2bit(b[:, 16:80]).reshape(-1, 16, 16).astype(F32)
-    return (dl * q - ml).reshape(-1, QK_K)
+    return (dl[..., None] * q - ml[..., None]).reshape(-1, QK_K)
 
 
 def dequantize_q3_k(b: np.ndarray) -> np.ndarray:
-    d = f16_value(b[:, 108:110])
-    dl = (d * (_unpack_scales_q3(b[:, 96:108]).astype(np.int8) - np.int8(32)).astype(F32))[..., None]
-    low = _unpack_2bit(b[:, 32:96]).astype(np.int8)
-    q = low - ((1 - _unbits_by_32(b[:, 0:32])) << 2).astype(np.int8)
-    return (dl * q.reshape(-1, 16, 16).astype(F32)).reshape(-1, QK_K)
+    q = _q3_k_values(b).astype(np.int8) - np.int8(4)
+    return (_q3_k_scales(b)[..., None] * q.reshape(-1, 16, 16).astype(F32)).reshape(-1, QK_K)
 
 
 def _dequantize_q45_k(b, q):
@@ -353,13 +364,21 @@ def dequantize_q5_k(b: np.ndarray) -> np.ndarray:
     return _dequantize_q45_k(b, _unpack_nibbles_64(b[:, 48:176]) | _unbits_by_32(b[:, 16:48]) << 4)
 
 
-def dequantize_q6_k(b: np.ndarray) -> np.ndarray:
+def _q6_k_values(b: np.ndarray) -> np.ndarray:
+    """Q6_K's values shifted up by 32 to be unsigned (0..63)."""
     ql = b[:, 0:128].reshape(-1, 2, 1, 64) >> np.array([0, 4], np.uint8).reshape(1, 1, 2, 1)
     qh = b[:, 128:192].reshape(-1, 2, 1, 32) >> np.array([0, 2, 4, 6], np.uint8).reshape(1, 1, 4, 1)
-    q = ((ql & 0xF).reshape(-1, QK_K) | (qh & 3).reshape(-1, QK_K) << 4).astype(np.int8) - np.int8(32)
-    sc = np.ascontiguousarray(b[:, 192:208]).view(np.int8).astype(F32)
-    dl = (f16_value(b[:, 208:210]) * sc)[..., None]
-    return (dl * q.reshape(-1, 16, 16).astype(F32)).reshape(-1, QK_K)
+    return (ql & 0xF).reshape(-1, QK_K) | (qh & 3).reshape(-1, QK_K) << 4
+
+
+def _q6_k_scales(b: np.ndarray) -> np.ndarray:
+    """Q6_K's d * scale per 16-element sub-block."""
+    return f16_value(b[:, 208:210]) * np.ascontiguousarray(b[:, 192:208]).view(np.int8).astype(F32)
+
+
+def dequantize_q6_k(b: np.ndarray) -> np.ndarray:
+    q = _q6_k_values(b).astype(np.int8) - np.int8(32)
+    return (_q6_k_scales(b)[..., None] * q.reshape(-1, 16, 16).astype(F32)).reshape(-1, QK_K)
 
 
 def dequantize_q8_k(b: np.ndarray) -> np.ndarray:
