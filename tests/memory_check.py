@@ -22,7 +22,7 @@ def anon():
     for line in open("/proc/self/status"):
         if line.startswith("RssAnon:"):
             return int(line.split()[1]) * 1024
-folder, backend, quant = sys.argv[1], sys.argv[2], sys.argv[3] or None
+folder, backend, quant, compile = sys.argv[1], sys.argv[2], sys.argv[3] or None, sys.argv[4] == "1"
 from mistralrs.engine import api
 from mistralrs.engine import chat_template, tokenizer  # imports are not the model's memory
 import mistralrs.models
@@ -31,16 +31,17 @@ get_ops(backend, cpu=True)  # nor is the backend library's own start-up
 gc.collect()
 before = anon()
 extra = {"isq": quant} if quant else {}
-llm = api.load(folder, backend=backend, cpu=True, **extra)
+llm = api.load(folder, backend=backend, cpu=True, compile=compile, **extra)
 gc.collect()
 print(json.dumps({"before": before, "after": anon()}))
 """
 
 
-def measured_load_bytes(folder: str, backend: str, quant: str | None = None) -> int:
-    """Anonymous resident memory that loading `folder` with `backend` (and `quant`, once ISQ exists) adds."""
+def measured_load_bytes(folder: str, backend: str, quant: str | None = None, compile: bool = False) -> int:
+    """Anonymous resident memory that loading `folder` with `backend` (and `quant`) adds; `compile`
+    compiles the decoder layers as a default torch CPU load does (tests otherwise run eagerly)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    done = subprocess.run([sys.executable, "-c", MEASURE, folder, backend, quant or ""], env=env,
+    done = subprocess.run([sys.executable, "-c", MEASURE, folder, backend, quant or "", "1" if compile else "0"], env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -18,6 +19,7 @@ from cli_runner import cli
 from memory_check import estimated_load_bytes, measured_load_bytes, write_sized_qwen3
 from mistralrs.cli.config_file import read_config_file
 from mistralrs.cli.loading import check_loading_options, load_model
+from mistralrs.engine.compiling import COMPILED_LAYERS_BYTES, ENV
 from mistralrs.quant.resident import quantized_compute_dtype, resident_bits
 from mistralrs.tune import machine as machine_module
 from mistralrs.tune.machine import Machine
@@ -57,7 +59,8 @@ def test_json_schema_and_every_type_of_the_backend(capsys, fake_machine, tiny_mo
     types = {"torch": TORCH_TYPES, "mlx": MLX_TYPES}[backend]
     data = tune_json(capsys, "-m", tiny_model_dir("qwen3"), "--backend", backend)
     assert set(data) == {"version", "model", "machine", "backend", "profile", "options", "recommended",
-                         "paged_attention"} and data["version"] == 1
+                         "paged_attention", "compiled_layers"} and data["version"] == 1
+    assert data["compiled_layers"] is False  # a GPU (and these tests run eagerly: MISTRALRS_COMPILE=0)
     assert data["backend"] == backend and data["profile"] == "balanced"
     assert data["machine"] == {"kind": "cuda", "name": "Fake GPU", "memory_bytes": BIG_GPU.memory_bytes,
                                "budget_bytes": BIG_GPU.budget_bytes, "offload_bytes": BIG_GPU.offload_bytes}
@@ -115,6 +118,27 @@ def test_table_rendering(capsys, fake_machine, tiny_model_dir):
                  f"mistralrs serve -m {folder} --isq q8_0", "[INFO] PagedAttention"):
         assert text in out, text
     assert out.count("🚀 Recommended") == 1
+
+
+def test_a_compiled_load_counts_the_compiler(capsys, fake_machine, tiny_model_dir, monkeypatch):
+    # On the CPU torch compiles the decoder layers unless told not to, and the compiler stays loaded.
+    folder = tiny_model_dir("qwen3")
+    fake_machine(Machine("cpu", "Big CPU", 64 * GiB, 60 * GiB))
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/" + name)  # a C++ compiler is present
+    sizes = {}
+    for setting in ("0", "", "1"):
+        monkeypatch.setenv(ENV, setting)
+        data = tune_json(capsys, "-m", folder, "--backend", "torch")
+        assert data["compiled_layers"] is (setting != "0")
+        sizes[setting] = [o["size_bytes"] for o in data["options"]]
+    assert [c - e for c, e in zip(sizes[""], sizes["0"], strict=True)] == [COMPILED_LAYERS_BYTES] * len(sizes["0"])
+    assert sizes["1"] == sizes[""]
+    code, out, err = cli(capsys, "tune", "-m", folder, "--backend", "torch")
+    assert code == 0 and "for compiled decoder layers" in out and "MISTRALRS_COMPILE=0" in out, err
+    # Without a compiler nothing is compiled, whatever the variable asks (loading refuses a forced compile).
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert tune_json(capsys, "-m", folder, "--backend", "torch")["compiled_layers"] is False
 
 
 def test_k_quants_fall_back_per_tensor(capsys, fake_machine, tiny_model_dir):
@@ -188,6 +212,20 @@ def test_estimate_matches_measured_memory(weighty_model, backend, quant):
         quant = {"q8_0": "afq8", "q4_0": "afq4"}[quant]  # tune offers MLX's own types there
     estimated = estimated_load_bytes(weighty_model, backend, quant)
     measured = measured_load_bytes(weighty_model, backend, quant)
+    assert abs(estimated - measured) <= ESTIMATE_TOLERANCE * measured, (estimated, measured)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="measures Linux's RssAnon")
+def test_estimate_matches_a_compiled_load(weighty_model, backend, monkeypatch):
+    # The default torch CPU load compiles its decoder layers; the compiler's share is a constant.
+    if backend != "torch":
+        pytest.skip("only torch compiles its decoder layers")
+    monkeypatch.setenv(ENV, "1")
+    estimated = estimated_load_bytes(weighty_model, backend, "q8_0")
+    # The first compile of these shapes on a machine leaves ~30 MB more behind than later loads,
+    # which find inductor's on-disk cache; tune estimates the loads after the first.
+    measured_load_bytes(weighty_model, backend, "q8_0", compile=True)
+    measured = measured_load_bytes(weighty_model, backend, "q8_0", compile=True)
     assert abs(estimated - measured) <= ESTIMATE_TOLERANCE * measured, (estimated, measured)
 
 

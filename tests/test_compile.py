@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from mistralrs.backends.torch_compile import CompiledStep  # noqa: E402
-from mistralrs.engine.compiling import ENV, compile_setting  # noqa: E402
+from mistralrs.engine.compiling import ENV, compile_setting, compiles_layers  # noqa: E402
 from mistralrs.errors import UserError  # noqa: E402
 
 
@@ -28,6 +28,25 @@ def test_auto_compiles_on_the_cpu_when_a_compiler_is_present(monkeypatch):
     assert compile_setting(None, FakeOps()) is True
     assert compile_setting(None, FakeOps(reason="no C++ compiler found")) is False
     assert compile_setting(None, FakeOps(device="cuda:0")) is False  # not verified on GPUs yet
+
+
+def test_whether_a_load_would_compile_without_a_backend(monkeypatch):
+    # What tune asks before any backend is loaded: the same decision as compile_setting's.
+    monkeypatch.setattr("shutil.which", lambda name: "/usr/bin/" + name)
+    monkeypatch.delenv(ENV, raising=False)
+    assert compiles_layers("torch", "cpu") is True
+    assert compiles_layers("torch", "cuda") is False and compiles_layers("mlx", "cpu") is False
+    monkeypatch.setenv(ENV, "0")
+    assert compiles_layers("torch", "cpu") is False
+    monkeypatch.setenv(ENV, "1")
+    assert compiles_layers("torch", "cuda") is True and compiles_layers("mlx", "metal") is False
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    assert compiles_layers("torch", "cpu") is False
+    monkeypatch.setenv(ENV, "maybe")
+    monkeypatch.setattr("shutil.which", lambda name: "/usr/bin/" + name)
+    with pytest.raises(UserError, match="MISTRALRS_COMPILE='maybe'"):
+        compiles_layers("torch", "cpu")
 
 
 def test_the_environment_variable_and_the_argument(monkeypatch):

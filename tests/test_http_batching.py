@@ -16,6 +16,7 @@ import openai
 import pytest
 from conftest import selected_backends
 
+from mistralrs.engine import heap
 from mistralrs.engine.api import load
 from mistralrs.engine.params import SamplingParams
 from mistralrs.engine.scheduler import QueueFull, Scheduler
@@ -107,6 +108,25 @@ def test_greedy_answers_in_a_batch_equal_answers_alone(llm, scheduler):
     requests = [scheduler.submit([(p, params(m))]) for p, m in zip(PROMPTS, MAX_TOKENS, strict=True)]
     batched = [request.collect()[0].token_ids for request in requests]
     assert batched == alone
+
+
+def test_freed_memory_goes_back_to_the_os_when_generation_ends(llm, monkeypatch):
+    # glibc keeps a finished sequence's KV cache and activations resident unless trimmed.
+    trims = []
+    monkeypatch.setattr(heap, "trim", lambda: trims.append(threading.current_thread().name))
+    params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
+    llm.generate([5, 6, 7], params)
+    assert len(trims) == 1  # a direct generation, as it finishes
+    scheduler = Scheduler(llm, max_seqs=4)
+    try:
+        requests = [scheduler.submit([(p, params)]) for p in ([5, 6, 7], [8, 9])]
+        for request in requests:
+            request.collect()
+        wait_for(lambda: len(trims) == 2)  # the engine thread, once, when it went idle
+        time.sleep(0.2)
+        assert len(trims) == 2 and trims[1] != threading.current_thread().name
+    finally:
+        scheduler.close()
 
 
 @pytest.mark.parametrize("arch", ["mistral", "gemma3", "phi3"])

@@ -20,8 +20,6 @@ start faster than the first.
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
 from collections.abc import Callable
 
@@ -59,10 +57,9 @@ def _call_onednn_linear_directly() -> None:
 
 def unavailable_reason() -> str | None:
     """Why this machine cannot compile, or None when it can."""
-    compiler = os.environ.get("CXX") or next((c for c in ("c++", "g++", "clang++") if shutil.which(c)), None)
-    if compiler is None:
-        return "no C++ compiler found (install g++ or clang, or set CXX)"
-    return None
+    from mistralrs.engine.compiling import missing_compiler
+
+    return missing_compiler()
 
 
 class CompiledStep:

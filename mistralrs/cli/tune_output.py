@@ -10,11 +10,13 @@ JSON schema (version 1; fields are only ever added):
                   "label", "size_bytes", "memory_fraction", "context_tokens", "context_is_max",
                   "quality", "status": "fits"|"hybrid"|"too_large", "recommended": bool}],
      "recommended": {"quant", "dtype", "command"} or null,
-     "paged_attention": {"available": bool, "mode": "auto"|"off"}}
+     "paged_attention": {"available": bool, "mode": "auto"|"off"},
+     "compiled_layers": bool}   (sizes include what compiling the decoder layers keeps resident)
 """
 
 from __future__ import annotations
 
+from mistralrs.engine.compiling import COMPILED_LAYERS_BYTES
 from mistralrs.tune.recommend import FITS, HYBRID, Analysis, Option, load_dtype, recommended_command
 
 SCHEMA_VERSION = 1
@@ -46,6 +48,7 @@ def analysis_json(analysis: Analysis, *, backend_given: bool) -> dict:
             "dtype": load_dtype(analysis),
             "command": recommended_command(analysis, backend_given=backend_given)},
         "paged_attention": paged_attention(analysis),
+        "compiled_layers": analysis.compiled_layers,
     }
 
 
@@ -89,6 +92,9 @@ def print_analysis(analysis: Analysis, *, backend_given: bool) -> None:
     out("\nRecommended Command\n-------------------")
     command = recommended_command(analysis, backend_given=backend_given)
     out(f"  {command}" if command else f"  None: no option fits in this machine's {machine.memory_name}.")
+    if analysis.compiled_layers:
+        out(f"\n[INFO] Sizes include ~{_bytes(COMPILED_LAYERS_BYTES)} for compiled decoder layers (the torch "
+            "compiler stays loaded); MISTRALRS_COMPILE=0 loads without it, with slower decode.")
     paged = paged_attention(analysis)
     if paged["available"]:
         out(f"\n[INFO] PagedAttention is available (mode: {paged['mode']})")

@@ -320,3 +320,4 @@ class CompletionStream:
                 steps.close()
                 out.cancel()
                 self.completion = out.completion
+                heap.trim()  # the closed generation freed its KV cache and activations: hand them back

@@ -13,6 +13,7 @@ The choice: `load(compile=...)`, else the MISTRALRS_COMPILE environment variable
 from __future__ import annotations
 
 import os
+import shutil
 
 import numpy as np
 
@@ -23,12 +24,44 @@ ENV = "MISTRALRS_COMPILE"
 _TRUE, _FALSE = ("1", "true", "on", "yes"), ("0", "false", "off", "no")
 
 
+# What a compiled load keeps resident beyond an eager one, whatever the model's size: inductor's
+# modules (~45 MB once imported: its lowerings, decompositions and kernel templates) and the state
+# its first compile sets up (pattern-matcher tables, code caches), with the compiled graphs
+# themselves a few MB of it. Measured on the 2-core Xeon VM as RssAnon after `load`, compiled
+# minus eager, on the 134.5 M benchmark model: 85 MB in bf16, 91 at q8_0, 89 at q4k
+# (tests/test_cli_tune.py checks tune's estimate against a compiled load). That is with inductor's
+# on-disk cache warm; the first compile of a model on a machine leaves ~30 MB more. Neither
+# torch._dynamo.reset() nor stopping inductor's compile workers after loading frees more than 3 MB.
+COMPILED_LAYERS_BYTES = 88_000_000
+
+
+def missing_compiler() -> str | None:
+    """Why compiled layers cannot be built here (inductor writes C++), or None when they can."""
+    compiler = os.environ.get("CXX") or next((c for c in ("c++", "g++", "clang++") if shutil.which(c)), None)
+    if compiler is None:
+        return "no C++ compiler found (install g++ or clang, or set CXX)"
+    return None
+
+
+def _requested_by_environment() -> bool | None:
+    env = os.environ.get(ENV, "").strip().lower()
+    if env and env not in _TRUE + _FALSE:
+        raise UserError(f"{ENV}={env!r} is not understood: set it to 1 (compile) or 0 (run eagerly).")
+    return None if not env else env in _TRUE
+
+
+def compiles_layers(backend: str, device: str) -> bool:
+    """Whether a load on `backend` and `device` ("cpu", "cuda", "metal") compiles its decoder
+    layers when not told otherwise: what `compile_setting` decides, without loading a backend."""
+    if backend != "torch" or missing_compiler():
+        return False  # MLX runs its layers as they are; without a compiler a forced compile is refused
+    requested = _requested_by_environment()
+    return device == "cpu" if requested is None else requested
+
+
 def compile_setting(requested: bool | None, ops: Ops) -> bool:
     if requested is None:
-        env = os.environ.get(ENV, "").strip().lower()
-        if env and env not in _TRUE + _FALSE:
-            raise UserError(f"{ENV}={env!r} is not understood: set it to 1 (compile) or 0 (run eagerly).")
-        requested = None if not env else env in _TRUE
+        requested = _requested_by_environment()
     reason = ops.compile_unavailable()
     if requested is None:
         # CUDA graphs and Triton kernels have not been verified here, so auto means the CPU.

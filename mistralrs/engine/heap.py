@@ -39,7 +39,19 @@ def return_freed_memory() -> None:
     Quantizing and packing make many short-lived arrays on worker threads; glibc's
     per-thread arenas would keep ~40 % of the model's size resident after they are freed.
     """
+    trim()
+    mmap_threshold(32 * 1024 * 1024)
+
+
+def trim() -> None:
+    """Hand freed heap back to the OS now: after loading, and when generation goes idle.
+
+    A generation's KV cache and activations sit on the heap (below the mmap threshold) and glibc
+    keeps them once freed: after a 512 + 128 token generation of the 134.5 M benchmark model
+    at q8_0, 65 MB more stayed resident than after loading, of which trimming left 3.5 MB. It
+    costs ~10 ms (2-core Xeon VM), and the next generation's first touch of those pages did
+    not change its prefill speed measurably.
+    """
     libc = _glibc()
     if libc is not None:
         libc.malloc_trim(0)
-    mmap_threshold(32 * 1024 * 1024)

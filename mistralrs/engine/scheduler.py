@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mistralrs.engine import heap
 from mistralrs.engine.metrics import EngineMetrics
 from mistralrs.engine.output import OutputBuilder, max_new_tokens
 from mistralrs.engine.params import Chunk, SamplingParams
@@ -128,10 +129,15 @@ class Scheduler:
         return DecodeBatch(self.llm.ops, windows, self.max_seqs)
 
     def _loop(self) -> None:
+        busy = False
         while True:
             with self._cond:
                 while not (self._stopping or self._waiting or self._prefilling or self._running):
+                    if busy:  # going idle: the finished sequences' caches go back to the OS
+                        busy = False
+                        heap.trim()
                     self._cond.wait()
+                busy = True
                 if self._stopping:
                     break
                 self._admit()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from mistralrs.engine.compiling import COMPILED_LAYERS_BYTES
 from mistralrs.quant.resident import quantized_compute_dtype, resident_bits
 from mistralrs.tune.metadata import DTYPE_BYTES, ModelMetadata, TensorInfo
 from mistralrs.tune.quant_types import PROMOTED, UNQUANTIZED_BITS, QuantType, lookup, storage_type
@@ -50,9 +51,10 @@ def text_config(config: dict) -> dict:
 
 
 def estimate_size(meta: ModelMetadata, quant: QuantType, compute_dtype: str, *,
-                  backend: str = "torch", device: str = "cpu") -> Estimate:
+                  backend: str = "torch", device: str = "cpu", compiled: bool = False) -> Estimate:
     """Bytes `meta`'s model takes loaded as `quant` (an unquantized type: everything at that dtype)
-    on `backend` ("torch" or "mlx") and `device` ("cpu", "cuda" or "metal")."""
+    on `backend` ("torch" or "mlx") and `device` ("cpu", "cuda" or "metal"); `compiled`: the load
+    compiles its decoder layers (engine.compiling.compiles_layers), which keeps the compiler resident."""
     # Unquantized, everything is at that dtype; quantized, what stays unquantized is at the compute dtype.
     if quant.quantized:
         compute_dtype = quantized_compute_dtype(compute_dtype, backend, device)
@@ -70,6 +72,8 @@ def estimate_size(meta: ModelMetadata, quant: QuantType, compute_dtype: str, *,
     overhead = runtime_overhead(meta.config, backend)
     if quant.quantized:  # quantizing while loading leaves its own heap behind, in place of the constant
         overhead += isq_overhead(backend) - RUNTIME_OVERHEAD_BYTES[backend]
+    if compiled:
+        overhead += COMPILED_LAYERS_BYTES
     return Estimate(int(total_bits // 8), overhead, fallbacks)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mistralrs.engine.compiling import compiles_layers
 from mistralrs.errors import UserError
 from mistralrs.quant.resident import quantized_compute_dtype
 from mistralrs.tune.estimate import (
@@ -61,6 +62,7 @@ class Analysis:
     kv_bytes_per_token: int
     parameters: int
     options: tuple[Option, ...]
+    compiled_layers: bool = False  # sizes include the compiler a compiled load keeps resident
 
     @property
     def recommended(self) -> Option | None:
@@ -90,13 +92,15 @@ def analyse(meta: ModelMetadata, machine: Machine, *, backend: str, profile: str
     options = [_option(meta, machine, backend, t, compute, max_context) for t in types]
     pick = _pick(options, backend, profile, compute)
     options = [Option(o.quant, o.size_bytes, o.context_tokens, o.status, o is pick) for o in options]
-    return Analysis(meta, machine, backend, profile, compute, max_context, kv, parameter_count(meta), tuple(options))
+    return Analysis(meta, machine, backend, profile, compute, max_context, kv, parameter_count(meta), tuple(options),
+                    compiles_layers(backend, _device(backend, machine)))
 
 
 def _option(meta: ModelMetadata, machine: Machine, backend: str, quant: QuantType, compute: str,
             max_context: int) -> Option:
-    device = "metal" if backend == "mlx" and machine.kind == "metal" else "cuda" if machine.kind == "cuda" else "cpu"
-    size = estimate_size(meta, quant, compute, backend=backend, device=device).total_bytes
+    device = _device(backend, machine)
+    size = estimate_size(meta, quant, compute, backend=backend, device=device,
+                         compiled=compiles_layers(backend, device)).total_bytes
     # The KV cache is kept at the activations' dtype: the row's own when unquantized, and with
     # ISQ the dtype the quantized kernels run at.
     activations = quantized_compute_dtype(compute, backend, device) if quant.quantized else quant.name
@@ -108,6 +112,10 @@ def _option(meta: ModelMetadata, machine: Machine, backend: str, quant: QuantTyp
     if machine.offload_bytes and size <= machine.budget_bytes + machine.offload_bytes:
         return Option(quant, size, 0, HYBRID)
     return Option(quant, size, 0, TOO_LARGE)
+
+
+def _device(backend: str, machine: Machine) -> str:
+    return "metal" if backend == "mlx" and machine.kind == "metal" else "cuda" if machine.kind == "cuda" else "cpu"
 
 
 def _pick(options: list[Option], backend: str, profile: str, compute: str) -> Option | None:
