@@ -46,6 +46,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _short_warm_up(request, monkeypatch):
+    """A compiled load here warms up one short prompt, not every shape family: each test then
+    compiles only the families its own calls meet (cold, each family costs 10-20 s of the
+    suite's time). Tests marked `full_warm_up` keep the whole list."""
+    if "full_warm_up" not in request.keywords:
+        from mistralrs.engine import compiling
+
+        monkeypatch.setattr(compiling, "_WARM_PROMPTS", ((5, 5),))
+
+
 @pytest.fixture(params=selected_backends())
 def backend(request) -> str:
     return request.param

@@ -142,6 +142,7 @@ def test_compiled_quantized_and_bf16_layers_match_eager_ones(tiny_model_dir, isq
 
 
 @pytest.mark.torch_env
+@pytest.mark.full_warm_up
 @pytest.mark.parametrize("isq", [None, "q4_0"])
 def test_warm_up_compiles_every_shape_a_generation_meets(tiny_model_dir, isq):
     """After loading, prompts of any length (fresh, and chunked after earlier tokens) and the

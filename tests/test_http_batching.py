@@ -16,7 +16,7 @@ import openai
 import pytest
 from conftest import selected_backends
 
-from mistralrs.engine import heap
+from mistralrs.engine import api, heap
 from mistralrs.engine.api import load
 from mistralrs.engine.params import SamplingParams
 from mistralrs.engine.scheduler import QueueFull, Scheduler
@@ -116,7 +116,10 @@ def test_freed_memory_goes_back_to_the_os_when_generation_ends(llm, monkeypatch)
     monkeypatch.setattr(heap, "trim", lambda: trims.append(threading.current_thread().name))
     params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
     llm.generate([5, 6, 7], params)
-    assert len(trims) == 1  # a direct generation, as it finishes
+    assert trims == []  # a direct generation whose cache is too small to be worth it
+    monkeypatch.setattr(api, "TRIM_AFTER_KV_BYTES", 9 * llm.kv_bytes_per_token)  # 3 + 6 positions
+    llm.generate([5, 6, 7], params)
+    assert len(trims) == 1  # as it finishes
     scheduler = Scheduler(llm, max_seqs=4)
     try:
         requests = [scheduler.submit([(p, params)]) for p in ([5, 6, 7], [8, 9])]
