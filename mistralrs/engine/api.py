@@ -212,11 +212,10 @@ class LLM:
     @functools.cached_property
     def kv_bytes_per_token(self) -> int:
         """One position's keys and values over every layer, at float32 (the CPU cache's dtype; an
-        upper bound elsewhere). Unknown for a model without attention specs: taken as large."""
-        attention = getattr(self.model.spec, "attention", None)
-        if not attention:
-            return TRIM_AFTER_KV_BYTES
-        return sum(2 * 4 * a.num_kv_heads * a.head_dim for a in attention)
+        upper bound elsewhere)."""
+        from mistralrs.tune.estimate import kv_bytes_per_token
+
+        return kv_bytes_per_token(self.config, "f32")
 
     # ---- prompts -----------------------------------------------------------
     def encode(self, prompt: str | list[int], add_special_tokens: bool = True) -> list[int]:
@@ -325,10 +324,8 @@ class CompletionStream:
                 out.prompt_logprobs = score_prompt(llm, self.prompt_ids, params.top_logprobs)
             steps = generate_tokens(llm.model, llm.ops, self.prompt_ids, sampler,
                                     prefill_chunk=llm.prefill_chunk, keep_logits=out.want_logprobs)
-            generated = 0
             try:
                 for step in steps:
-                    generated += 1
                     chunk = out.add(step.token_id, step.logits)
                     self.completion = out.completion
                     yield chunk
@@ -339,5 +336,5 @@ class CompletionStream:
                 out.cancel()
                 self.completion = out.completion
                 # The closed generation freed its KV cache and activations: hand them back.
-                if (len(self.prompt_ids) + generated) * llm.kv_bytes_per_token >= TRIM_AFTER_KV_BYTES:
+                if self.completion.usage.total_tokens * llm.kv_bytes_per_token >= TRIM_AFTER_KV_BYTES:
                     heap.trim()
