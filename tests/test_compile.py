@@ -138,7 +138,8 @@ def test_compiled_quantized_and_bf16_layers_match_eager_ones(tiny_model_dir, isq
     from mistralrs.backends.torch_cpu_linear import NATIVE_BF16
 
     assert np.abs(a - b).max() <= (4e-2 if NATIVE_BF16 else 2e-2) * np.abs(a).max()
-    assert not compiled.model.model._compiled_layer.failed
+    prompt = compiled.model.model._compiled_prompt_layers
+    assert prompt.traces >= 1 and prompt.refusals == [] and not prompt.fallback.failed
 
 
 @pytest.mark.torch_env
@@ -151,15 +152,19 @@ def test_warm_up_compiles_every_shape_a_generation_meets(tiny_model_dir, isq):
     from mistralrs.engine.params import SamplingParams
 
     llm = load(tiny_model_dir("qwen3"), backend="torch", cpu=True, isq=isq, compile=True, prefill_chunk=128)
-    compiled, decode = llm.model.model._compiled_layer, llm.model.model._compiled_decode_layers
-    traced_at_load = decode.traces
+    body = llm.model.model
+    steps = {"prompt": body._compiled_prompt_layers, "decode": body._compiled_decode_layers}
+    traced_at_load = {name: step.traces for name, step in steps.items()}
     params = SamplingParams(temperature=0, max_tokens=3, ignore_eos=True)
     with torch.compiler.set_stance("fail_on_recompile"):
-        for length in (2, 3, 37, 64, 70, 200, 301):  # 200 and 301: chunks of 128 then 72 / 45
+        for length in (2, 3, 37, 64, 70, 133, 200, 301):  # chunks of 128 then 5 / 72 / 128 and 45
             llm.generate(list(range(5, 5 + length)), params)
-    # A recompile would have raised inside the compiled step, which then runs eagerly for good.
-    assert not compiled.failed
-    assert decode.traces == traced_at_load and decode.refusals == []
+    # A torch.compile recompile (the fallbacks, the head) would have raised inside its step,
+    # which then runs eagerly for good.
+    for name, step in steps.items():
+        assert step.traces == traced_at_load[name] and step.refusals == [], name
+        assert not step.fallback.failed, name
+    assert not llm.model._compiled_head.failed
 
 
 # ---- decode steps traced once per shape (torch_fixed_shapes.FixedShapeStep) ----------------

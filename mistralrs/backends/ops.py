@@ -208,7 +208,7 @@ class Ops(ABC):
         """Standard Gumbel noise in float32; argmax(logits + noise) samples softmax(logits)."""
 
     # ---- speed -------------------------------------------------------------
-    def compile(self, fn: Callable, fixed_shapes: bool = False) -> Callable | None:
+    def compile(self, fn: Callable, fixed_shapes: bool = False, varying_rows: bool = False) -> Callable | None:
         """`fn` compiled when `compile_steps` is set and the backend can; None otherwise.
 
         Models compile one decoder layer's forward (`fn(layer, x, cache)`), which must keep
@@ -219,6 +219,10 @@ class Ops(ABC):
         on later calls, so that argument's tensors must not change once loaded; fields an
         argument's class lists in `symbolic_fields` (the cache's position and capacity) may
         change from call to call.
+
+        `varying_rows`: as `fixed_shapes`, for calls whose first input after the module is a
+        (batch, rows, hidden) tensor with a row count that changes from call to call (prompt
+        chunks); the backend keeps the rows symbolic rather than tracing each count.
         """
         return None
 

@@ -12,6 +12,10 @@ the other matmuls stay oneDNN's, called from the compiled code as they are (see
 torch_cpu_linear and `_call_onednn_linear_directly`). Where our streaming kernels
 run (torch_cpu_kernels), decode products call them, as registered operators.
 
+Decoder layers reach torch.compile only through torch_fixed_shapes, which traces them
+itself and hands torch.compile the calls it cannot trace; the output head is compiled
+here directly.
+
 Compiling needs a C++ compiler (inductor generates and builds C++ on the CPU). When
 there is none, or compiling fails, the layer runs eagerly with one warning;
 nothing else changes. Compiled code is cached on disk by inductor, so later runs

@@ -272,10 +272,14 @@ class TorchOps(Ops):
         return -torch.log(-torch.log(u))
 
     # ---- speed -------------------------------------------------------------
-    def compile(self, fn, fixed_shapes=False):
+    def compile(self, fn, fixed_shapes=False, varying_rows=False):
         if not self.compile_steps:
             return None
         step = torch_compile.CompiledStep(fn)
+        if varying_rows:
+            # A prompt's row count and cache position make up to ~8 shape families (see
+            # compiling._WARM_PROMPTS); each is traced once.
+            return torch_fixed_shapes.FixedShapeStep(fn, step, varying_dims={0: (1,)}, max_traces=12)
         return torch_fixed_shapes.FixedShapeStep(fn, step) if fixed_shapes else step
 
     def compile_unavailable(self):

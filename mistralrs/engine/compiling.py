@@ -72,14 +72,14 @@ def compile_setting(requested: bool | None, ops: Ops) -> bool:
     return requested
 
 
-# Dynamo specializes on the first value it sees (and always on 0 and 1), so each shape
-# family must be seen twice; the families also split where the code branches on the row
-# count (weights leave our streaming kernels from 16 rows, torch_cpu_linear.STREAM_UNTIL_ROWS;
-# torch's quantized kernels take a dense path from 64, torch_quant.DENSE_FROM_ROWS).
-# So: fresh prompts of 5 (specialized), 12 (fewer than 16 rows), 40 (fewer than 64) and 300
-# tokens, then one prefilled in chunks of 128, 128 and 44 after earlier tokens, each followed
-# by decode steps at two positions.
-_WARM_PROMPTS = ((5, 5), (12, 12), (40, 40), (300, 300), (300, 128))
+# Prompt chunks are traced with their row count symbolic (backends/torch_fixed_shapes.py), one
+# trace per family of counts that take the same branches: weights leave our streaming kernels
+# from 16 rows (torch_cpu_linear.STREAM_UNTIL_ROWS) and torch's quantized kernels take a dense
+# path from 64 (torch_quant.DENSE_FROM_ROWS); a short chunk after earlier tokens is a family of
+# its own too. So: fresh prompts of 5 (fewer than 16 rows) and 40 (fewer than 64), 300 tokens
+# prefilled in chunks of 128, 128 and 44, and 133 in chunks of 128 and 5, each followed by
+# decode steps at two positions.
+_WARM_PROMPTS = ((5, 5), (40, 40), (300, 128), (133, 128))
 _WARM_DECODE_STEPS = 2
 
 
