@@ -211,8 +211,9 @@ class Ops(ABC):
     def compile(self, fn: Callable, fixed_shapes: bool = False, varying_rows: bool = False) -> Callable | None:
         """`fn` compiled when `compile_steps` is set and the backend can; None otherwise.
 
-        Models compile one decoder layer's forward (`fn(layer, x, cache)`), which must keep
-        working when called eagerly: a backend may fall back to it at any time.
+        Models compile functions of a module and its inputs (`run_layers(layers, x, caches)`,
+        the output head), which must keep working when called eagerly: a backend may fall
+        back to them at any time.
 
         `fixed_shapes`: the calls repeat their shapes step after step (decode). The backend
         may then trace `fn` once per shape and skip re-checking the first argument's objects

@@ -277,8 +277,8 @@ class TorchOps(Ops):
             return None
         step = torch_compile.CompiledStep(fn)
         if varying_rows:
-            # A prompt's row count and cache position make up to ~8 shape families (see
-            # compiling._WARM_PROMPTS); each is traced once.
+            # Prompt chunks fall into 4 shape families on the benchmark models (see
+            # compiling._WARM_PROMPTS), more where sliding windows branch; each is traced once.
             return torch_fixed_shapes.FixedShapeStep(fn, step, varying_dims={0: (1,)}, max_traces=12)
         return torch_fixed_shapes.FixedShapeStep(fn, step) if fixed_shapes else step
 

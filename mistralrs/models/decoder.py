@@ -82,7 +82,7 @@ class DecoderBody(Module):
         self._decode_groups = [self.layers[i : i + n] for i in range(0, len(self.layers), n)]
         # A prompt chunk's work dwarfs the cost of a call, and a trace of one layer loads faster
         # and keeps less resident than one of six (115.6 M benchmark model at q8_0, warm cache:
-        # 14-16 s and +227 MB after loading, against 22-26 s and +249 MB).
+        # 12.6-15.3 s and +220-225 MB after loading, against 22-26 s and +248-252 MB).
         self._prompt_groups = [[layer] for layer in self.layers]
 
     def embed(self, ids: Tensor) -> Tensor:
