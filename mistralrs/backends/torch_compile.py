@@ -1,4 +1,5 @@
-"""Compiled decoder layers for the torch backend (torch.compile with inductor).
+"""torch.compile with inductor for the torch backend: the output head, and the decoder-layer
+calls torch_fixed_shapes cannot trace itself.
 
 Eager torch pays a few microseconds of dispatch per operation, and a decoder layer
 is ~50 of them around its four matmuls: on the 134.5 M benchmark model that is
@@ -11,10 +12,6 @@ Float32 one-row matmuls (decode) become inductor's own loops over the weights;
 the other matmuls stay oneDNN's, called from the compiled code as they are (see
 torch_cpu_linear and `_call_onednn_linear_directly`). Where our streaming kernels
 run (torch_cpu_kernels), decode products call them, as registered operators.
-
-Decoder layers reach torch.compile only through torch_fixed_shapes, which traces them
-itself and hands torch.compile the calls it cannot trace; the output head is compiled
-here directly.
 
 Compiling needs a C++ compiler (inductor generates and builds C++ on the CPU). When
 there is none, or compiling fails, the layer runs eagerly with one warning;
